@@ -1,0 +1,259 @@
+"""Whisper on CTranslate2 (the engine inside faster-whisper), batched across requests.
+
+One call of :meth:`WhisperCT2Backend.transcribe_batch` runs the encoder over every
+window and then a single ``generate`` with one prompt per window, the way
+faster-whisper's ``generate_segment_batched`` does, but with per-item prompts,
+languages and tasks, and with timestamps on so that segments come back.
+
+What batching costs, and how this file pays for it:
+
+- CTranslate2 requires ``<|startoftranscript|>`` at the same position in every
+  prompt of one ``generate`` call. :meth:`batch_key` is that position (plus the
+  temperature, a per-call setting), so the scheduler never mixes items that
+  cannot share a call.
+- Windows of one request are not conditioned on each other's text (they run in
+  parallel); each carries the request's own ``prompt``.
+- On a CPU one encoder call over many windows is slower per window than several
+  small ones (the 1500x1500 attention maps fall out of cache), so the encoder runs
+  in micro-batches of ``encoder_batch_size`` (whole batch on CUDA, 1 on CPU by
+  default) and the decoder, where batching pays, runs once for the whole batch.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Hashable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
+from faster_whisper.tokenizer import Tokenizer
+
+from models.base import SAMPLE_RATE, Segment, TranscriptionItem, WindowTranscript
+from models.hardware import Device
+
+MAX_LENGTH = 448
+"""Whisper's decoder context, prompt included."""
+MAX_PROMPT_TOKENS = MAX_LENGTH // 2 - 1
+"""Whisper keeps the last 223 tokens of a prompt, as openai-whisper does."""
+TIME_PRECISION = 0.02
+"""Seconds per timestamp token."""
+FRAMES_PER_SECOND = 100
+NO_SPEECH_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
+
+
+class WhisperCT2Backend:
+    """A Whisper model in CTranslate2 format, from a local directory."""
+
+    window_seconds = 30.0
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: Device,
+        compute_type: str,
+        cpu_threads: int,
+        beam_size: int = 5,
+        best_of: int = 5,
+        encoder_batch_size: int = 0,
+    ) -> None:
+        self.model_path = model_path
+        self.device = device
+        self.compute_type = compute_type
+        self.cpu_threads = cpu_threads
+        self.beam_size = beam_size
+        self.best_of = best_of
+        self.encoder_batch_size = encoder_batch_size or (0 if device == "cuda" else 1)
+        self._model: WhisperModel | None = None
+        self._prompt_tokens = lru_cache(maxsize=1024)(self._encode_prompt)
+        self._tokenizer = lru_cache(maxsize=256)(self._make_tokenizer)
+
+    # -- loading -------------------------------------------------------------------
+
+    def load(self) -> None:
+        self._model = WhisperModel(
+            self.model_path,
+            device=self.device,
+            compute_type=self.compute_type,
+            cpu_threads=self.cpu_threads,
+            num_workers=1,
+        )
+        self._suppress = _suppressed_tokens(self._tokenizer("transcribe", "en"))
+
+    @property
+    def model(self) -> WhisperModel:
+        if self._model is None:
+            raise RuntimeError("WhisperCT2Backend.load() was not called")
+        return self._model
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self.model.model.is_multilingual)
+
+    def _make_tokenizer(self, task: str, language: str) -> Tokenizer:
+        return Tokenizer(self.model.hf_tokenizer, self.multilingual, task=task, language=language)
+
+    def _encode_prompt(self, prompt: str) -> tuple[int, ...]:
+        tokens = self._tokenizer("transcribe", "en").encode(" " + prompt.strip())
+        return tuple(tokens[-MAX_PROMPT_TOKENS:])
+
+    # -- batching ------------------------------------------------------------------
+
+    def batch_key(self, item: TranscriptionItem) -> Hashable:
+        """The position of ``<|startoftranscript|>``, and the temperature."""
+        previous = self._prompt_tokens(item.prompt) if item.prompt else ()
+        sot_position = len(previous) + 1 if previous else 0
+        return (sot_position, item.temperature)
+
+    def transcribe_batch(self, items: Sequence[TranscriptionItem]) -> list[WindowTranscript]:
+        if not items:
+            return []
+        if len({self.batch_key(item) for item in items}) != 1:
+            raise ValueError("items with different batch keys cannot share a batch")
+        encoder_output = self._encode([item.audio for item in items])
+        languages = self._languages(items, encoder_output)
+        tokenizers = [
+            self._tokenizer(item.task, lang) for item, lang in zip(items, languages, strict=True)
+        ]
+        prompts = [
+            self._prompt(item, tokenizer) for item, tokenizer in zip(items, tokenizers, strict=True)
+        ]
+        results = self.model.model.generate(
+            encoder_output,
+            prompts,
+            max_length=MAX_LENGTH,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+            max_initial_timestamp_index=int(round(1.0 / TIME_PRECISION)),
+            **self._decoding_options(items[0].temperature),
+        )
+        return [
+            _window_transcript(item, lang, tokenizer, result)
+            for item, lang, tokenizer, result in zip(
+                items, languages, tokenizers, results, strict=True
+            )
+        ]
+
+    def _decoding_options(self, temperature: float) -> dict[str, Any]:
+        if temperature > 0:
+            return {
+                "beam_size": 1,
+                "num_hypotheses": self.best_of,
+                "sampling_topk": 0,
+                "sampling_temperature": temperature,
+            }
+        return {"beam_size": self.beam_size}
+
+    def _encode(self, windows: Sequence[np.ndarray]) -> ctranslate2.StorageView:
+        extractor = self.model.feature_extractor
+        features = np.stack([pad_or_trim(extractor(audio)[..., :-1]) for audio in windows])
+        step = self.encoder_batch_size or len(windows)
+        if step >= len(windows):
+            return self._encode_features(features)
+        parts = [
+            np.asarray(self._encode_features(features[i : i + step]))
+            for i in range(0, len(windows), step)
+        ]
+        return ctranslate2.StorageView.from_array(np.concatenate(parts))
+
+    def _encode_features(self, features: np.ndarray) -> ctranslate2.StorageView:
+        storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
+        return self.model.model.encode(storage, to_cpu=False)
+
+    def _languages(
+        self, items: Sequence[TranscriptionItem], encoder_output: ctranslate2.StorageView
+    ) -> list[str]:
+        if not self.multilingual:
+            return ["en"] * len(items)
+        if all(item.language for item in items):
+            return [item.language or "en" for item in items]
+        detected = self.model.model.detect_language(encoder_output)
+        return [
+            item.language or ranked[0][0][2:-2]
+            for item, ranked in zip(items, detected, strict=True)
+        ]
+
+    def _prompt(self, item: TranscriptionItem, tokenizer: Tokenizer) -> list[int]:
+        previous = list(self._prompt_tokens(item.prompt)) if item.prompt else []
+        prompt: list[int] = self.model.get_prompt(tokenizer, previous, without_timestamps=False)
+        return prompt
+
+
+def _suppressed_tokens(tokenizer: Tokenizer) -> list[int]:
+    """Whisper's default ``suppress_tokens=[-1]``: non-speech symbols and task tokens."""
+    special = [
+        tokenizer.transcribe,
+        tokenizer.translate,
+        tokenizer.sot,
+        tokenizer.sot_prev,
+        tokenizer.sot_lm,
+        tokenizer.no_speech,
+    ]
+    return sorted(set(tokenizer.non_speech_tokens) | set(special))
+
+
+def _window_transcript(
+    item: TranscriptionItem, language: str, tokenizer: Tokenizer, result: Any
+) -> WindowTranscript:
+    tokens: list[int] = result.sequences_ids[0]
+    avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+    no_speech_prob = float(result.no_speech_prob)
+    if no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
+        return WindowTranscript(language=language)  # silence: Whisper's own rule
+    duration = len(item.audio) / SAMPLE_RATE
+    segments = []
+    for start, end, text_tokens in split_at_timestamps(tokens, tokenizer.timestamp_begin, duration):
+        text = tokenizer.decode(text_tokens)
+        segments.append(
+            Segment(
+                start=round(item.offset + start, 3),
+                end=round(item.offset + end, 3),
+                text=text,
+                tokens=tuple(text_tokens),
+                seek=round(item.offset * FRAMES_PER_SECOND),
+                temperature=item.temperature,
+                avg_logprob=float(avg_logprob),
+                compression_ratio=compression_ratio(text),
+                no_speech_prob=no_speech_prob,
+            )
+        )
+    return WindowTranscript(language=language, segments=segments)
+
+
+def split_at_timestamps(
+    tokens: Sequence[int], timestamp_begin: int, duration: float
+) -> list[tuple[float, float, list[int]]]:
+    """Cut a decoded window into ``(start, end, text tokens)`` at its timestamp tokens.
+
+    Whisper writes ``<|t0|> text <|t1|><|t1|> more <|t2|>``. Text that the model did
+    not close with a timestamp (the window ran out) still counts, ending at the end
+    of the window: a batched window is decoded once and never re-read from there.
+    """
+    spans: list[tuple[float, float, list[int]]] = []
+    start = 0.0
+    text: list[int] = []
+    for token in tokens:
+        if token < timestamp_begin:
+            text.append(token)
+            continue
+        time = min((token - timestamp_begin) * TIME_PRECISION, duration)
+        if text:
+            spans.append((start, max(time, start), text))
+            text = []
+        start = time
+    if text:
+        spans.append((start, max(duration, start), text))
+    return spans
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition measure: text bytes over zlib-compressed bytes."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0

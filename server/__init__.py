@@ -1,0 +1,1 @@
+"""voxserve's HTTP service: Litestar routes over per-model batching schedulers."""

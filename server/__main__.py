@@ -1,0 +1,59 @@
+"""The ``voxserve`` command: ``serve`` runs the server, ``models`` prints the catalog."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import msgspec
+import uvicorn
+
+from server.app import create_app
+from server.settings import Settings, SettingsError, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxserve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.add_argument("--config", help="settings file, TOML or JSON")
+    models = commands.add_parser("models", help="print the model catalog as JSON")
+    models.add_argument("--config", help="settings file, TOML or JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+    except SettingsError as exc:
+        print(f"voxserve: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "models":
+        print(msgspec.json.format(msgspec.json.encode(settings.models)).decode())
+        return 0
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""One typed settings schema, read once at start-up and passed into ``create_app``.
+
+Precedence, lowest first: the defaults below, a config file (TOML or JSON, given by
+``--config`` or ``VOXSERVE_CONFIG``), ``VOXSERVE_*`` environment variables, then
+command-line flags. Tests build :class:`Settings` directly.
+
+Scheduler knobs (named as Triton's dynamic batcher names them) are server-wide
+here and can be overridden per model in the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from models.registry import ModelSpec
+
+ENV_PREFIX = "VOXSERVE_"
+
+
+class CatalogModel(ModelSpec, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A catalog entry: how to load the model and how to schedule its work."""
+
+    max_batch_size: int | None = None
+    max_queue_delay_ms: float | None = None
+    max_queue_size: int | None = None
+
+
+class SchedulerConfig(msgspec.Struct, frozen=True):
+    """The batching knobs in force for one model."""
+
+    max_batch_size: int
+    max_queue_delay_ms: float
+    max_queue_size: int
+
+
+DEFAULT_CATALOG = (CatalogModel(id="whisper-1", weights="embedded:tiny.en"),)
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "auto"
+    """``auto``: float16 on a GPU, int8 on the CPU."""
+    cpu_threads: int = 0
+    """Inference threads per model on the CPU; 0 means the cores this process may use."""
+    model_cache_dir: str | None = None
+    """Where hub downloads go; ``None`` is the hub client's default cache."""
+
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 5.0
+    max_queue_size: int = 64
+    """Requests admitted per model and not yet answered; the next one gets 429."""
+
+    max_upload_bytes: int = 26_214_400
+    """OpenAI's 25 MiB limit on the ``file`` field."""
+    max_audio_seconds: float = 4 * 3600.0
+    """Decoded audio longer than this is refused while decoding, not after."""
+
+    models: tuple[CatalogModel, ...] = DEFAULT_CATALOG
+
+    def __post_init__(self) -> None:
+        ids = [m.id for m in self.models]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"model ids must be unique, got {ids}")
+        for name in ("max_batch_size", "max_queue_size", "max_upload_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_queue_delay_ms < 0:
+            raise ValueError("max_queue_delay_ms must not be negative")
+
+    def scheduler_config(self, model: CatalogModel) -> SchedulerConfig:
+        def pick(own: Any, default: Any) -> Any:
+            return default if own is None else own
+
+        return SchedulerConfig(
+            max_batch_size=pick(model.max_batch_size, self.max_batch_size),
+            max_queue_delay_ms=pick(model.max_queue_delay_ms, self.max_queue_delay_ms),
+            max_queue_size=pick(model.max_queue_size, self.max_queue_size),
+        )
+
+    def model_spec(self, model: CatalogModel) -> ModelSpec:
+        """The entry's load spec with the server-wide hardware defaults filled in."""
+        return msgspec.structs.replace(
+            model,
+            device=model.device or self.device,
+            compute_type=model.compute_type or self.compute_type,
+            cpu_threads=model.cpu_threads or self.cpu_threads or None,
+        )
+
+
+class SettingsError(ValueError):
+    """The configuration is invalid; the message says where."""
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the config file, then the environment, then explicit overrides."""
+    env = os.environ if env is None else env
+    config_file = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+    raw: dict[str, Any] = _read_config_file(Path(config_file)) if config_file else {}
+    raw.update(_from_env(env))
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise SettingsError(f"invalid settings: {exc}") from exc
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"config file {path} is not valid: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a table of settings")
+    return data
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Scalar settings from ``VOXSERVE_<NAME>``; ``VOXSERVE_MODELS`` takes JSON."""
+    fields = {f.name for f in msgspec.structs.fields(Settings)}
+    raw: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key.removeprefix(ENV_PREFIX).lower()
+        if name == "models":
+            try:
+                raw[name] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise SettingsError(f"{key} must be a JSON list of models: {exc}") from exc
+        elif name in fields:
+            raw[name] = value
+    return raw

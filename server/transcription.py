@@ -1,0 +1,115 @@
+"""From an uploaded file to a transcript: decode, cut into windows, batch, join.
+
+The service sits between a route and a model's scheduler. Decoding and voice
+activity detection run in a thread off the event loop; every window then goes
+through the scheduler, where it may share a batch with other requests' windows;
+the results are put back together in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+from models.base import (
+    SAMPLE_RATE,
+    AudioArray,
+    Segment,
+    SpeechToTextBackend,
+    Task,
+    TranscriptionItem,
+    WindowTranscript,
+)
+from models.windowing import Window, plan_windows
+from server.audio import decode_audio
+from server.errors import InvalidRequest
+from server.scheduler import ModelScheduler
+
+SUPPORTED_LANGUAGES = frozenset(_LANGUAGE_CODES)
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionOptions:
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    task: Task = "transcribe"
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A whole file's transcript: segments in order, times absolute in the file."""
+
+    language: str
+    duration: float
+    segments: list[Segment]
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+    @property
+    def billed_seconds(self) -> int:
+        """OpenAI bills and reports whole seconds of input audio."""
+        return math.ceil(self.duration)
+
+
+class TranscriptionService:
+    """Transcribes files on one model, through that model's scheduler."""
+
+    def __init__(
+        self,
+        model_id: str,
+        backend: SpeechToTextBackend,
+        scheduler: ModelScheduler[TranscriptionItem, WindowTranscript],
+        *,
+        max_audio_seconds: float,
+    ) -> None:
+        self.model_id = model_id
+        self.backend = backend
+        self.scheduler = scheduler
+        self.max_audio_seconds = max_audio_seconds
+
+    def check(self, options: TranscriptionOptions) -> None:
+        """Refuse options the model cannot honour, before any work is done."""
+        language = options.language
+        if language is None:
+            return
+        if language not in SUPPORTED_LANGUAGES:
+            raise InvalidRequest(
+                f"Language '{language}' is not a supported ISO-639-1 code.", param="language"
+            )
+        if language != "en" and not self.backend.multilingual:
+            raise InvalidRequest(
+                f"Model '{self.model_id}' is English-only; language '{language}' "
+                "is not supported (use 'en' or omit it).",
+                param="language",
+            )
+
+    async def transcribe(self, upload: bytes, options: TranscriptionOptions) -> Transcript:
+        audio, windows = await asyncio.to_thread(self._prepare, upload)
+        items = [
+            TranscriptionItem(
+                audio=audio[w.start : w.end],
+                offset=w.offset,
+                language=options.language,
+                prompt=options.prompt,
+                temperature=options.temperature,
+                task=options.task,
+            )
+            for w in windows
+        ]
+        results = await self.scheduler.run(items)
+        language = results[0].language if results else (options.language or "en")
+        return Transcript(
+            language=language,
+            duration=len(audio) / SAMPLE_RATE,
+            segments=[segment for result in results for segment in result.segments],
+        )
+
+    def _prepare(self, upload: bytes) -> tuple[AudioArray, list[Window]]:
+        audio = decode_audio(upload, max_seconds=self.max_audio_seconds)
+        return audio, plan_windows(audio, self.backend.window_seconds)
