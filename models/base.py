@@ -61,6 +61,9 @@ class WindowTranscript:
 
     language: str
     segments: list[Segment] = field(default_factory=list)
+    resume_at: float | None = None
+    """Set when the model stopped early, asking (as Whisper does) to be fed the audio
+    again from this time, absolute in the file; the caller submits the rest."""
 
     @property
     def text(self) -> str:

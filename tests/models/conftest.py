@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.registry import ModelSpec, build_backend
+from models.whisper_ct2 import WhisperCT2Backend
+from server.audio import decode_audio
+
+
+@pytest.fixture(scope="session")
+def whisper() -> WhisperCT2Backend:
+    backend = build_backend(ModelSpec(id="whisper-1", device="cpu", cpu_threads=2))
+    assert isinstance(backend, WhisperCT2Backend)
+    backend.load()
+    return backend
+
+
+def to_16k(wav: bytes) -> np.ndarray:
+    return decode_audio(wav, max_seconds=3600)

@@ -1,0 +1,90 @@
+"""The Whisper backend on the embedded tiny.en, with exact-text expectations."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.base import TranscriptionItem
+from models.whisper_ct2 import WhisperCT2Backend, split_at_timestamps
+from tests.models.conftest import to_16k
+from tests.speech import SENTENCES
+
+
+def test_a_batch_of_every_sentence_comes_back_word_for_word(
+    whisper: WhisperCT2Backend, sentence_wavs: list[bytes]
+) -> None:
+    items = [TranscriptionItem(audio=to_16k(wav)) for wav in sentence_wavs]
+    results = whisper.transcribe_batch(items)
+    assert [r.text for r in results] == list(SENTENCES)
+    for item, result in zip(items, results, strict=True):
+        assert result.language == "en"
+        duration = len(item.audio) / 16_000
+        for segment in result.segments:
+            assert 0 <= segment.start <= segment.end <= duration + 0.02
+            assert segment.tokens and segment.avg_logprob < 0
+            assert 0 <= segment.no_speech_prob <= 1
+
+
+def test_results_do_not_depend_on_the_rest_of_the_batch(
+    whisper: WhisperCT2Backend, sentence_wavs: list[bytes]
+) -> None:
+    items = [TranscriptionItem(audio=to_16k(wav)) for wav in sentence_wavs[:6]]
+    alone = [whisper.transcribe_batch([item])[0] for item in items]
+    together = whisper.transcribe_batch(items)
+    reversed_batch = whisper.transcribe_batch(items[::-1])[::-1]
+    assert alone == together == reversed_batch
+
+
+def test_offsets_make_segment_times_absolute(
+    whisper: WhisperCT2Backend, sentence_wavs: list[bytes]
+) -> None:
+    audio = to_16k(sentence_wavs[0])
+    (at_zero,) = whisper.transcribe_batch([TranscriptionItem(audio=audio)])
+    (later,) = whisper.transcribe_batch([TranscriptionItem(audio=audio, offset=90.0)])
+    assert later.text == at_zero.text
+    assert later.segments[0].start == pytest.approx(at_zero.segments[0].start + 90.0)
+    assert later.segments[0].seek == 9000
+
+
+def test_prompts_change_the_batch_key_and_mixed_keys_are_refused(
+    whisper: WhisperCT2Backend, sentence_wavs: list[bytes]
+) -> None:
+    audio = to_16k(sentence_wavs[1])
+    plain = TranscriptionItem(audio=audio)
+    prompted = TranscriptionItem(audio=audio, prompt="Stella, the store.")
+    same_length = TranscriptionItem(audio=audio, prompt="Stella, the shop.")
+    assert whisper.batch_key(plain) == (0, 0.0)
+    assert whisper.batch_key(prompted)[0] > 1
+    assert whisper.batch_key(prompted) == whisper.batch_key(same_length)
+    with pytest.raises(ValueError, match="batch keys"):
+        whisper.transcribe_batch([plain, prompted])
+    (result,) = whisper.transcribe_batch([prompted])
+    assert result.text == SENTENCES[1]
+
+
+def test_splitting_at_timestamp_tokens() -> None:
+    ts = 1000  # the first timestamp token; each step is 20 ms
+
+    closed = split_at_timestamps([ts, 1, 2, ts + 50, ts + 50, 3, ts + 120], ts, duration=5.0)
+    assert closed == ([(0.0, 1.0, [1, 2]), (1.0, 2.4, [3])], None)
+    # Without a pair of timestamps, unclosed text runs to the end of the window.
+    assert split_at_timestamps([ts + 10, 7, 8], ts, duration=3.0) == ([(0.2, 3.0, [7, 8])], None)
+    # Timestamps past the audio are clamped to it.
+    assert split_at_timestamps([ts, 4, ts + 500], ts, duration=2.0) == ([(0.0, 2.0, [4])], None)
+    assert split_at_timestamps([ts, ts + 5], ts, duration=2.0) == ([], None)
+
+
+def test_a_window_that_ends_on_a_timestamp_pair_asks_to_be_read_again() -> None:
+    ts = 1000
+    # "<|0.00|> a <|2.00|><|2.00|>" then end of text: nothing after 2 s was read.
+    assert split_at_timestamps([ts, 1, ts + 100, ts + 100], ts, duration=9.0) == (
+        [(0.0, 2.0, [1])],
+        2.0,
+    )
+    # Unclosed text after a complete segment is dropped and read again.
+    tokens = [ts, 1, ts + 100, ts + 100, 2, 3]
+    assert split_at_timestamps(tokens, ts, duration=9.0) == ([(0.0, 2.0, [1])], 2.0)
+    # A resume point that would not move forward, or would leave almost nothing,
+    # ends the window instead: no endless passes.
+    assert split_at_timestamps([ts, 1, ts + 25, ts + 25], ts, duration=9.0)[1] is None
+    assert split_at_timestamps([ts, 1, ts + 440, ts + 440], ts, duration=8.9)[1] is None

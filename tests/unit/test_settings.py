@@ -1,0 +1,78 @@
+"""Settings: defaults, config file, environment, overrides, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.settings import CatalogModel, Settings, SettingsError, load_settings
+
+
+def test_defaults_serve_whisper_1_on_the_embedded_model() -> None:
+    settings = load_settings(env={})
+    assert [m.id for m in settings.models] == ["whisper-1"]
+    assert settings.models[0].weights == "embedded:tiny.en"
+    assert settings.device == "auto" and settings.compute_type == "auto"
+    assert settings.max_upload_bytes == 26_214_400
+
+
+def test_environment_variables_are_typed_and_override_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "voxserve.toml"
+    config.write_text(
+        "max_batch_size = 4\nport = 9000\n\n"
+        '[[models]]\nid = "whisper-1"\n\n'
+        '[[models]]\nid = "fast"\nweights = "/models/fast"\nmax_batch_size = 32\n'
+    )
+    env = {
+        "VOXSERVE_CONFIG": str(config),
+        "VOXSERVE_MAX_BATCH_SIZE": "16",
+        "VOXSERVE_MAX_QUEUE_DELAY_MS": "2.5",
+        "VOXSERVE_MAX_QUEUE_SIZE": "7",
+        "UNRELATED": "x",
+    }
+    settings = load_settings(env=env, overrides={"port": 9100, "host": None})
+    assert settings.port == 9100  # the command line wins over the file
+    assert settings.max_batch_size == 16  # the environment wins over the file
+    assert settings.max_queue_delay_ms == 2.5 and settings.max_queue_size == 7
+    whisper, fast = settings.models
+    assert settings.scheduler_config(whisper).max_batch_size == 16
+    assert settings.scheduler_config(fast).max_batch_size == 32  # per-model override
+    assert settings.scheduler_config(fast).max_queue_size == 7
+
+
+def test_models_from_a_json_environment_variable() -> None:
+    env = {"VOXSERVE_MODELS": '[{"id": "a", "weights": "/w/a", "device": "cpu"}]'}
+    (model,) = load_settings(env=env).models
+    assert model == CatalogModel(id="a", weights="/w/a", device="cpu")
+
+
+def test_model_spec_fills_in_server_wide_hardware_defaults() -> None:
+    settings = Settings(device="cpu", compute_type="int8_float32", cpu_threads=3)
+    spec = settings.model_spec(CatalogModel(id="m", compute_type="float32"))
+    assert (spec.device, spec.compute_type, spec.cpu_threads) == ("cpu", "float32", 3)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"VOXSERVE_MAX_BATCH_SIZE": "many"}, "max_batch_size"),
+        ({"VOXSERVE_MAX_BATCH_SIZE": "0"}, "max_batch_size must be at least 1"),
+        ({"VOXSERVE_DEVICE": "tpu"}, "device"),
+        ({"VOXSERVE_MODELS": '[{"id": "a"}, {"id": "a"}]'}, "unique"),
+        ({"VOXSERVE_MODELS": '[{"id": "a", "wieghts": "x"}]'}, "wieghts"),
+        ({"VOXSERVE_MODELS": "not json"}, "VOXSERVE_MODELS"),
+    ],
+)
+def test_invalid_settings_say_what_is_wrong(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(env=env)
+
+
+def test_a_missing_or_broken_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings(tmp_path / "absent.toml", env={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("max_batch_size = = 3")
+    with pytest.raises(SettingsError, match="not valid"):
+        load_settings(broken, env={})
