@@ -21,6 +21,7 @@ What batching costs, and how this file pays for it:
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Hashable, Sequence
 from functools import lru_cache
@@ -135,7 +136,7 @@ class WhisperCT2Backend:
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self._suppress,
-            max_initial_timestamp_index=int(round(1.0 / TIME_PRECISION)),
+            max_initial_timestamp_index=round(1.0 / TIME_PRECISION),
             **self._decoding_options(items[0].temperature),
         )
         return [
@@ -261,8 +262,7 @@ def split_at_timestamps(
         start = time
     ends_on_single = len(tokens) >= 2 and tokens[-2] < timestamp_begin <= tokens[-1]
     paired = any(
-        a >= timestamp_begin and b >= timestamp_begin
-        for a, b in zip(tokens, tokens[1:], strict=False)
+        a >= timestamp_begin and b >= timestamp_begin for a, b in itertools.pairwise(tokens)
     )
     resume = spans[-1][1] if spans and paired and not ends_on_single else None
     if resume is not None and (resume < MIN_RESUME_ADVANCE or duration - resume < MIN_RESUME_REST):

@@ -8,8 +8,9 @@ down stops the schedulers. Everything a route needs hangs off ``app.state.runtim
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from litestar import Litestar
@@ -43,11 +44,15 @@ async def _start_models(state: Runtime) -> None:
             observer=state.metrics,
         )
         await scheduler.start()
-        state.metrics.watch_queue(entry.id, lambda s=scheduler: s.queue_depth)
+        state.metrics.watch_queue(entry.id, _depth_of(scheduler))
         state.transcription[entry.id] = TranscriptionService(
             entry.id, backend, scheduler, max_audio_seconds=settings.max_audio_seconds
         )
         logger.info("model %s loaded (%s, %s)", entry.id, spec.weights, scheduler.config)
+
+
+def _depth_of(scheduler: ModelScheduler[Any, Any]) -> Callable[[], float]:
+    return lambda: scheduler.queue_depth
 
 
 def create_app(settings: Settings) -> Litestar:

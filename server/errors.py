@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import msgspec
@@ -167,7 +168,10 @@ def _from_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return error_response(InternalError("The server had an error processing your request."))
 
 
-def exception_handlers() -> dict[type[Exception], Any]:
+Handler = Callable[[Request[Any, Any, Any], Any], Response[Any]]
+
+
+def exception_handlers() -> MutableMapping[int | type[Exception], Handler]:
     return {
         VoxserveError: _from_voxserve,
         ValidationException: _from_validation,

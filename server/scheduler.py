@@ -216,8 +216,8 @@ class ModelScheduler(Generic[ItemT, ResultT]):
             self._executor, self._compute, [e.item for e in batch]
         )
         seconds = time.monotonic() - started
-        self._batch_seconds = seconds if not self._batch_seconds else (
-            0.8 * self._batch_seconds + 0.2 * seconds
+        self._batch_seconds = (
+            seconds if not self._batch_seconds else (0.8 * self._batch_seconds + 0.2 * seconds)
         )
         for entry, outcome in zip(batch, outcomes, strict=True):
             if entry.future.done():
@@ -240,6 +240,10 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         except Exception as exc:
             if len(items) == 1:
                 return [_Failure(exc)]
-            logger.warning("scheduler %s: batch of %d failed, retrying items alone: %r",
-                           self.name, len(items), exc)
+            logger.warning(
+                "scheduler %s: batch of %d failed, retrying items alone: %r",
+                self.name,
+                len(items),
+                exc,
+            )
             return [self._compute([item])[0] for item in items]

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get
+from litestar.params import FromPath
 
 from server.errors import ModelNotFound
 from server.protocol import ModelList, ModelObject
@@ -23,7 +24,7 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/v1/models/{model_id:path}")
-async def get_model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
+async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> Response[bytes]:
     model_id = model_id.lstrip("/")  # ids may hold slashes, as hub ids do
     for model in _models(runtime(request)):
         if model.id == model_id:

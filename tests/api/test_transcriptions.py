@@ -6,6 +6,7 @@ import math
 
 import openai
 import pytest
+from openai.types.audio.transcription import UsageDuration
 
 from tests.conftest import LiveServer
 from tests.speech import SENTENCES, duration_of
@@ -18,6 +19,7 @@ def test_json_gives_the_exact_text_and_usage_in_seconds(
     result = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
     assert result.text == SENTENCES[1]
     assert result.usage is not None and result.usage.type == "duration"
+    assert isinstance(result.usage, UsageDuration)
     assert result.usage.seconds == math.ceil(duration_of(wav))
 
 
@@ -54,7 +56,8 @@ def test_a_file_longer_than_a_window_is_transcribed_in_order(
     assert word_error_rate(expected_words, words) <= 0.05
     # Order is kept: the first and last sentences are where they belong.
     assert result.text.startswith(SENTENCES[0]) and result.text.endswith(SENTENCES[-1])
-    assert result.usage is not None and result.usage.seconds == math.ceil(duration_of(wav))
+    assert isinstance(result.usage, UsageDuration)
+    assert result.usage.seconds == math.ceil(duration_of(wav))
 
 
 def test_a_second_resident_model_from_a_local_directory(sentence_wavs: list[bytes]) -> None:

@@ -54,7 +54,8 @@ def test_prompts_change_the_batch_key_and_mixed_keys_are_refused(
     prompted = TranscriptionItem(audio=audio, prompt="Stella, the store.")
     same_length = TranscriptionItem(audio=audio, prompt="Stella, the shop.")
     assert whisper.batch_key(plain) == (0, 0.0)
-    assert whisper.batch_key(prompted)[0] > 1
+    prompted_key = whisper.batch_key(prompted)
+    assert isinstance(prompted_key, tuple) and prompted_key[0] > 1
     assert whisper.batch_key(prompted) == whisper.batch_key(same_length)
     with pytest.raises(ValueError, match="batch keys"):
         whisper.transcribe_batch([plain, prompted])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from models.windowing import plan_windows
@@ -23,7 +25,7 @@ def test_long_speech_is_cut_in_pauses_into_ordered_windows(long_wav: tuple[bytes
     assert len(windows) >= 3
     for window in windows:
         assert 0 < window.end - window.start <= 30 * RATE
-    for before, after in zip(windows, windows[1:], strict=False):
+    for before, after in itertools.pairwise(windows):
         assert before.end <= after.start  # in order, never overlapping
         gap = audio[before.end : after.start]
         # Cuts fall where nobody speaks: the dropped stretch is (nearly) silent.

@@ -214,9 +214,8 @@ def test_admission_refuses_past_max_queue_size_with_a_retry_estimate() -> None:
         await scheduler.start()
         try:
             with scheduler.admit(), scheduler.admit():
-                with pytest.raises(Overloaded) as refused:
-                    with scheduler.admit():
-                        pass
+                with pytest.raises(Overloaded) as refused, scheduler.admit():
+                    pass
                 assert refused.value.status_code == 429
                 assert refused.value.headers()["Retry-After"].isdigit()
             with scheduler.admit():  # places are given back when requests finish

@@ -1,0 +1,25 @@
+# Shortcuts for the README's commands; each works without make too.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: serve test lint bench bench-quick
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[dev]'
+	touch $@
+
+serve: $(VENV)/.installed
+	$(VENV)/bin/voxserve serve
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.transcription_load
+
+bench-quick: $(VENV)/.installed
+	$(PY) -m benchmarks.transcription_load --quick
