@@ -20,8 +20,7 @@ no server runs: what a caller gets without the server. It is not a strict floor:
 ``transcribe`` runs Whisper's seek loop (it re-decodes audio after the last timestamp
 and may retry at higher temperatures), work the server's single pass per window does
 not do, so on some clips it is slower than the server. ``per_clip_median_s`` shows which.
-Speech synthesis is not bit-for-bit repeatable, so ``--save-clips DIR`` keeps the WAVs
-of a run for replaying a request by hand.
+``--save-clips DIR`` keeps the WAVs of a run for replaying a request by hand.
 
 *configs*: the server started as a subprocess twice, once with batching
 (``max_batch_size=--batch-size``, 16 by default so that 16 clients can fill a batch)

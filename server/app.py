@@ -73,4 +73,5 @@ def create_app(settings: Settings) -> Litestar:
         state=State({"runtime": state}),
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        logging_config=None,  # the process configures logging once (voxserve serve)
     )
