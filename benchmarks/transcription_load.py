@@ -59,7 +59,6 @@ import json
 import math
 import os
 import platform
-import re
 import signal
 import socket
 import statistics
@@ -80,7 +79,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.hardware import available_cpus
-from tests.speech import SENTENCES, duration_of, spoken_wav
+from tests.speech import SENTENCES, duration_of, spoken_wav, word_error_rate, words
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL = "whisper-1"
@@ -157,35 +156,6 @@ def save_clips(clips: Sequence[Clip], directory: Path) -> None:
         (directory / f"clip{i}.wav").write_bytes(clip.wav)
     references = {f"clip{i}.wav": clip.reference for i, clip in enumerate(clips)}
     (directory / "references.json").write_text(json.dumps(references, indent=2))
-
-
-def words(text: str) -> list[str]:
-    """Lowercase words; punctuation dropped except apostrophes inside words."""
-    return re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower().replace("\u2019", "'"))
-
-
-def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
-    """Levenshtein distance over words: substitutions + deletions + insertions."""
-    previous = list(range(len(hypothesis) + 1))
-    for i, ref_word in enumerate(reference, start=1):
-        current = [i]
-        for j, hyp_word in enumerate(hypothesis, start=1):
-            current.append(
-                min(
-                    previous[j] + 1,
-                    current[j - 1] + 1,
-                    previous[j - 1] + (ref_word != hyp_word),
-                )
-            )
-        previous = current
-    return previous[-1]
-
-
-def word_error_rate(pairs: Sequence[tuple[str, str]]) -> float | None:
-    """Corpus WER of ``(reference, hypothesis)`` pairs: total edits over reference words."""
-    edits = sum(edit_distance(words(ref), words(hyp)) for ref, hyp in pairs)
-    total = sum(len(words(ref)) for ref, _ in pairs)
-    return edits / total if total else None
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -10,7 +10,9 @@ expectations possible.
 from __future__ import annotations
 
 import io
+import re
 import wave
+from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
@@ -80,3 +82,32 @@ def spoken_wav(*texts: str, pause_seconds: float = 0.6) -> bytes:
 def duration_of(wav: bytes) -> float:
     with wave.open(io.BytesIO(wav), mode="rb") as reader:
         return float(reader.getnframes() / reader.getframerate())
+
+
+def words(text: str) -> list[str]:
+    """Lowercase words; punctuation dropped except apostrophes inside words."""
+    return re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower().replace("\u2019", "'"))
+
+
+def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """Levenshtein distance over words: substitutions + deletions + insertions."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref_word in enumerate(reference, start=1):
+        current = [i]
+        for j, hyp_word in enumerate(hypothesis, start=1):
+            current.append(
+                min(
+                    previous[j] + 1,
+                    current[j - 1] + 1,
+                    previous[j - 1] + (ref_word != hyp_word),
+                )
+            )
+        previous = current
+    return previous[-1]
+
+
+def word_error_rate(pairs: Sequence[tuple[str, str]]) -> float | None:
+    """Corpus WER of ``(reference, hypothesis)`` pairs: total edits over reference words."""
+    edits = sum(edit_distance(words(ref), words(hyp)) for ref, hyp in pairs)
+    total = sum(len(words(ref)) for ref, _ in pairs)
+    return edits / total if total else None

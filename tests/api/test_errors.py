@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -33,7 +34,7 @@ def assert_error(response: httpx.Response, status: int, param: str | None, says:
     assert says.lower() in body["error"]["message"].lower()
 
 
-SILENT_HEADER_ONLY = wav_bytes(__import__("numpy").zeros(0, dtype="int16"), 16_000)
+SILENT_HEADER_ONLY = wav_bytes(np.zeros(0, dtype=np.int16), 16_000)
 
 
 @pytest.mark.parametrize(
@@ -94,13 +95,10 @@ def test_an_upload_over_the_limit_is_413() -> None:
         assert_error(response, 413, None, "too large")
 
 
-def test_a_full_queue_is_429_with_retry_after(sentence_wavs: list[bytes]) -> None:
-    long_file = wav_bytes(
-        __import__("numpy").concatenate(
-            [__import__("numpy").frombuffer(w[44:], dtype="int16") for w in sentence_wavs] * 2
-        ),
-        22_050,
-    )
+def test_a_full_queue_is_429_with_retry_after(
+    long_wav: tuple[bytes, str], sentence_wavs: list[bytes]
+) -> None:
+    long_file = long_wav[0]
     with LiveServer(make_settings(max_queue_size=1)) as live:
         first: dict[str, httpx.Response] = {}
         busy = threading.Thread(
