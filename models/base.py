@@ -26,18 +26,25 @@ AudioArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
-class TranscriptionItem:
-    """One window of audio to transcribe, with the options that shape its decoding."""
+class DecodingOptions:
+    """How a request wants its audio decoded; every window of the request shares them."""
 
-    audio: AudioArray
-    """Mono float32 samples at ``SAMPLE_RATE``, at most one window long."""
-    offset: float = 0.0
-    """Where this window starts in the request's file, in seconds."""
     language: str | None = None
     """ISO-639-1 code; ``None`` lets a multilingual model detect it."""
     prompt: str | None = None
     temperature: float = 0.0
     task: Task = "transcribe"
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionItem:
+    """One window of audio to transcribe."""
+
+    audio: AudioArray
+    """Mono float32 samples at ``SAMPLE_RATE``, at most one window long."""
+    offset: float = 0.0
+    """Where this window starts in the request's file, in seconds."""
+    options: DecodingOptions = field(default_factory=DecodingOptions)
 
 
 @dataclass(frozen=True, slots=True)

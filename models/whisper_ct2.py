@@ -40,6 +40,8 @@ MAX_LENGTH = 448
 """Whisper's decoder context, prompt included."""
 MAX_PROMPT_TOKENS = MAX_LENGTH // 2 - 1
 """Whisper keeps the last 223 tokens of a prompt, as openai-whisper does."""
+MAX_PROMPT_CHARS = 4 * 1024
+"""Far more characters than 223 tokens take, in any script."""
 TIME_PRECISION = 0.02
 """Seconds per timestamp token."""
 FRAMES_PER_SECOND = 100
@@ -104,16 +106,20 @@ class WhisperCT2Backend:
         return Tokenizer(self.model.hf_tokenizer, self.multilingual, task=task, language=language)
 
     def _encode_prompt(self, prompt: str) -> tuple[int, ...]:
-        tokens = self._tokenizer("transcribe", "en").encode(" " + prompt.strip())
+        # Only the last 223 tokens count; tokenizing the last few thousand characters
+        # finds them and keeps the cost bounded however long the prompt (this runs on
+        # the server's event loop, via batch_key).
+        tail = prompt.strip()[-MAX_PROMPT_CHARS:]
+        tokens = self._tokenizer("transcribe", "en").encode(" " + tail)
         return tuple(tokens[-MAX_PROMPT_TOKENS:])
 
     # -- batching ------------------------------------------------------------------
 
     def batch_key(self, item: TranscriptionItem) -> Hashable:
         """The position of ``<|startoftranscript|>``, and the temperature."""
-        previous = self._prompt_tokens(item.prompt) if item.prompt else ()
+        previous = self._prompt_tokens(item.options.prompt) if item.options.prompt else ()
         sot_position = len(previous) + 1 if previous else 0
-        return (sot_position, item.temperature)
+        return (sot_position, item.options.temperature)
 
     def transcribe_batch(self, items: Sequence[TranscriptionItem]) -> list[WindowTranscript]:
         if not items:
@@ -123,7 +129,8 @@ class WhisperCT2Backend:
         encoder_output = self._encode([item.audio for item in items])
         languages = self._languages(items, encoder_output)
         tokenizers = [
-            self._tokenizer(item.task, lang) for item, lang in zip(items, languages, strict=True)
+            self._tokenizer(item.options.task, lang)
+            for item, lang in zip(items, languages, strict=True)
         ]
         prompts = [
             self._prompt(item, tokenizer) for item, tokenizer in zip(items, tokenizers, strict=True)
@@ -137,7 +144,7 @@ class WhisperCT2Backend:
             suppress_blank=True,
             suppress_tokens=self._suppress,
             max_initial_timestamp_index=round(1.0 / TIME_PRECISION),
-            **self._decoding_options(items[0].temperature),
+            **self._decoding_options(items[0].options.temperature),
         )
         return [
             _window_transcript(item, lang, tokenizer, result)
@@ -177,16 +184,16 @@ class WhisperCT2Backend:
     ) -> list[str]:
         if not self.multilingual:
             return ["en"] * len(items)
-        if all(item.language for item in items):
-            return [item.language or "en" for item in items]
+        if all(item.options.language for item in items):
+            return [item.options.language or "en" for item in items]
         detected = self.model.model.detect_language(encoder_output)
         return [
-            item.language or ranked[0][0][2:-2]
+            item.options.language or ranked[0][0][2:-2]
             for item, ranked in zip(items, detected, strict=True)
         ]
 
     def _prompt(self, item: TranscriptionItem, tokenizer: Tokenizer) -> list[int]:
-        previous = list(self._prompt_tokens(item.prompt)) if item.prompt else []
+        previous = list(self._prompt_tokens(item.options.prompt)) if item.options.prompt else []
         prompt: list[int] = self.model.get_prompt(tokenizer, previous, without_timestamps=False)
         return prompt
 
@@ -224,7 +231,7 @@ def _window_transcript(
                 text=text,
                 tokens=tuple(text_tokens),
                 seek=round(item.offset * FRAMES_PER_SECOND),
-                temperature=item.temperature,
+                temperature=item.options.temperature,
                 avg_logprob=float(avg_logprob),
                 compression_ratio=compression_ratio(text),
                 no_speech_prob=no_speech_prob,

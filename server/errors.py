@@ -115,12 +115,14 @@ class InternalError(VoxserveError):
     status_code = 500
 
 
-def error_response(error: VoxserveError) -> Response[bytes]:
+def error_response(
+    error: VoxserveError, status_code: int | None = None, headers: dict[str, str] | None = None
+) -> Response[bytes]:
     return Response(
         content=msgspec.json.encode(error.envelope()),
-        status_code=error.status_code,
+        status_code=status_code or error.status_code,
         media_type="application/json",
-        headers=error.headers(),
+        headers={**(headers or {}), **error.headers()},
     )
 
 
@@ -151,16 +153,9 @@ def _from_http(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
         error: VoxserveError = PayloadTooLarge("The request body is too large.")
     elif status in _HTTP_ERRORS:
         error = _HTTP_ERRORS[status](str(exc.detail))
-    else:
-        error = VoxserveError(str(exc.detail))
-        error.status_code = status
-        error.error_type = "invalid_request_error" if status < 500 else "server_error"
-    return Response(
-        content=msgspec.json.encode(error.envelope()),
-        status_code=status,
-        media_type="application/json",
-        headers={**(exc.headers or {}), **error.headers()},
-    )
+    else:  # 404 for an unknown route, 405 for a wrong method
+        error = InvalidRequest(str(exc.detail)) if status < 500 else InternalError(str(exc.detail))
+    return error_response(error, status_code=status, headers=exc.headers)
 
 
 def _from_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -17,9 +17,9 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES
 from models.base import (
     SAMPLE_RATE,
     AudioArray,
+    DecodingOptions,
     Segment,
     SpeechToTextBackend,
-    Task,
     TranscriptionItem,
     WindowTranscript,
 )
@@ -29,14 +29,6 @@ from server.errors import InvalidRequest
 from server.scheduler import ModelScheduler
 
 SUPPORTED_LANGUAGES = frozenset(_LANGUAGE_CODES)
-
-
-@dataclass(frozen=True, slots=True)
-class TranscriptionOptions:
-    language: str | None = None
-    prompt: str | None = None
-    temperature: float = 0.0
-    task: Task = "transcribe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +65,7 @@ class TranscriptionService:
         self.scheduler = scheduler
         self.max_audio_seconds = max_audio_seconds
 
-    def check(self, options: TranscriptionOptions) -> None:
+    def check(self, options: DecodingOptions) -> None:
         """Refuse options the model cannot honour, before any work is done."""
         language = options.language
         if language is None:
@@ -89,7 +81,7 @@ class TranscriptionService:
                 param="language",
             )
 
-    async def transcribe(self, upload: bytes, options: TranscriptionOptions) -> Transcript:
+    async def transcribe(self, upload: bytes, options: DecodingOptions) -> Transcript:
         audio, windows = await asyncio.to_thread(self._prepare, upload)
         results = await asyncio.gather(
             *(self._transcribe_window(audio, window, options) for window in windows)
@@ -102,7 +94,7 @@ class TranscriptionService:
         )
 
     async def _transcribe_window(
-        self, audio: AudioArray, window: Window, options: TranscriptionOptions
+        self, audio: AudioArray, window: Window, options: DecodingOptions
     ) -> list[WindowTranscript]:
         """One window, and the rest of it again each time the model asks to resume.
 
@@ -112,14 +104,7 @@ class TranscriptionService:
         passes: list[WindowTranscript] = []
         start = window.start
         while True:
-            item = TranscriptionItem(
-                audio=audio[start : window.end],
-                offset=start / SAMPLE_RATE,
-                language=options.language,
-                prompt=options.prompt,
-                temperature=options.temperature,
-                task=options.task,
-            )
+            item = TranscriptionItem(audio[start : window.end], start / SAMPLE_RATE, options)
             (result,) = await self.scheduler.run([item])
             passes.append(result)
             if result.resume_at is None:

@@ -6,12 +6,12 @@ from typing import Any
 
 from litestar import Request, Response, post
 
+from models.base import DecodingOptions
 from server.errors import InvalidRequest
 from server.formats import check_format, render
 from server.forms import parse_form
 from server.protocol import TranscriptionForm
 from server.runtime import runtime
-from server.transcription import TranscriptionOptions
 
 
 @post("/v1/audio/transcriptions", status_code=200)
@@ -20,7 +20,7 @@ async def create_transcription(request: Request[Any, Any, Any]) -> Response[byte
     service = runtime(request).transcriber(form.model)
     _refuse_unimplemented(form)
     check_format(form.response_format)
-    options = TranscriptionOptions(
+    options = DecodingOptions(
         language=form.language, prompt=form.prompt, temperature=form.temperature
     )
     service.check(options)

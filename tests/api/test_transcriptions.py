@@ -97,3 +97,13 @@ def test_models_are_listed_in_openais_shape(server: LiveServer, client: openai.O
     with pytest.raises(openai.NotFoundError) as missing:
         client.models.retrieve("whisper-9")
     assert missing.value.body["param"] == "model"  # type: ignore[index]
+
+
+def test_a_very_long_prompt_is_cut_to_its_last_tokens(
+    client: openai.OpenAI, sentence_wavs: list[bytes]
+) -> None:
+    prompt = "Meeting notes about the store. " * 3000  # ~93,000 characters
+    result = client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", sentence_wavs[1]), prompt=prompt
+    )
+    assert result.text == SENTENCES[1]

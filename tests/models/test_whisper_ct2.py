@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.base import TranscriptionItem
+from models.base import DecodingOptions, TranscriptionItem
 from models.whisper_ct2 import WhisperCT2Backend, split_at_timestamps
 from tests.models.conftest import to_16k
 from tests.speech import SENTENCES
@@ -51,8 +51,8 @@ def test_prompts_change_the_batch_key_and_mixed_keys_are_refused(
 ) -> None:
     audio = to_16k(sentence_wavs[1])
     plain = TranscriptionItem(audio=audio)
-    prompted = TranscriptionItem(audio=audio, prompt="Stella, the store.")
-    same_length = TranscriptionItem(audio=audio, prompt="Stella, the shop.")
+    prompted = TranscriptionItem(audio, options=DecodingOptions(prompt="Stella, the store."))
+    same_length = TranscriptionItem(audio, options=DecodingOptions(prompt="Stella, the shop."))
     assert whisper.batch_key(plain) == (0, 0.0)
     prompted_key = whisper.batch_key(prompted)
     assert isinstance(prompted_key, tuple) and prompted_key[0] > 1
