@@ -83,9 +83,15 @@ class TranscriptionService:
 
     async def transcribe(self, upload: bytes, options: DecodingOptions) -> Transcript:
         audio, windows = await asyncio.to_thread(self._prepare, upload)
-        results = await asyncio.gather(
-            *(self._transcribe_window(audio, window, options) for window in windows)
-        )
+        tasks = [
+            asyncio.ensure_future(self._transcribe_window(audio, window, options))
+            for window in windows
+        ]
+        try:
+            results = await asyncio.gather(*tasks)
+        finally:  # one window failed, or the request went away: withdraw the others
+            for task in tasks:
+                task.cancel()
         language = results[0][0].language if results else (options.language or "en")
         return Transcript(
             language=language,
