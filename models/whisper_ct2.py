@@ -77,6 +77,7 @@ class WhisperCT2Backend:
         self.best_of = best_of
         self.encoder_batch_size = encoder_batch_size or (0 if device == "cuda" else 1)
         self._model: WhisperModel | None = None
+        self._suppress: list[int] = []
         self._prompt_tokens = lru_cache(maxsize=1024)(self._encode_prompt)
         self._tokenizer = lru_cache(maxsize=256)(self._make_tokenizer)
 
