@@ -23,10 +23,6 @@ class Window:
     start: int
     end: int
 
-    @property
-    def offset(self) -> float:
-        return self.start / SAMPLE_RATE
-
 
 def plan_windows(audio: AudioArray, window_seconds: float = 30.0) -> list[Window]:
     """Windows covering the speech in ``audio``, in order, none longer than a window.

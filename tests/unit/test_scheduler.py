@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -54,6 +55,22 @@ def make(
     return ModelScheduler("fake", backend.run, backend.key, config, setup=backend.setup)
 
 
+@asynccontextmanager
+async def started(
+    backend: RecordingBackend,
+    max_batch_size: int = 4,
+    max_queue_delay_ms: float = 20,
+    max_queue_size: int = 100,
+) -> AsyncIterator[ModelScheduler[tuple[str, int], int]]:
+    """A running scheduler over ``backend``, stopped when the block ends."""
+    scheduler = make(backend, max_batch_size, max_queue_delay_ms, max_queue_size)
+    await scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        await scheduler.stop()
+
+
 def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
@@ -62,12 +79,8 @@ def test_batches_never_exceed_the_maximum_and_every_item_gets_its_own_result() -
     backend = RecordingBackend(seconds_per_batch=0.01)
 
     async def scenario() -> list[int]:
-        scheduler = make(backend, max_batch_size=4)
-        await scheduler.start()
-        try:
+        async with started(backend, max_batch_size=4) as scheduler:
             return await scheduler.run([("a", i) for i in range(23)])
-        finally:
-            await scheduler.stop()
 
     assert run(scenario()) == [i * i for i in range(23)]
     assert max(len(b) for b in backend.batches) == 4
@@ -78,14 +91,10 @@ def test_a_lone_item_waits_for_the_delay_and_no_longer() -> None:
     backend = RecordingBackend()
 
     async def scenario() -> float:
-        scheduler = make(backend, max_batch_size=8, max_queue_delay_ms=100)
-        await scheduler.start()
-        try:
+        async with started(backend, max_batch_size=8, max_queue_delay_ms=100) as scheduler:
             submitted = time.monotonic()
             await scheduler.run([("a", 3)])
             return backend.started_at[0] - submitted
-        finally:
-            await scheduler.stop()
 
     waited = run(scenario())
     assert isinstance(waited, float)
@@ -96,14 +105,10 @@ def test_a_full_batch_starts_without_waiting_for_the_delay() -> None:
     backend = RecordingBackend()
 
     async def scenario() -> float:
-        scheduler = make(backend, max_batch_size=4, max_queue_delay_ms=5000)
-        await scheduler.start()
-        try:
+        async with started(backend, max_batch_size=4, max_queue_delay_ms=5000) as scheduler:
             submitted = time.monotonic()
             await scheduler.run([("a", i) for i in range(4)])
             return backend.started_at[0] - submitted
-        finally:
-            await scheduler.stop()
 
     waited = run(scenario())
     assert isinstance(waited, float)
@@ -115,17 +120,13 @@ def test_arrival_order_is_kept_across_batches() -> None:
     backend = RecordingBackend(seconds_per_batch=0.005)
 
     async def scenario() -> None:
-        scheduler = make(backend, max_batch_size=3, max_queue_delay_ms=1)
-        await scheduler.start()
-        try:
+        async with started(backend, max_batch_size=3, max_queue_delay_ms=1) as scheduler:
             futures = []
             for i in range(20):
                 futures.append(scheduler.submit(("a", i)))
                 if i % 4 == 0:
                     await asyncio.sleep(0.002)  # arrivals spread over several batches
             await asyncio.gather(*futures)
-        finally:
-            await scheduler.stop()
 
     run(scenario())
     order = [value for batch in backend.batches for _, value in batch]
@@ -137,13 +138,9 @@ def test_items_with_different_keys_never_share_a_batch_and_the_oldest_leads() ->
     backend = RecordingBackend()
 
     async def scenario() -> list[int]:
-        scheduler = make(backend, max_batch_size=8, max_queue_delay_ms=30)
-        await scheduler.start()
-        try:
+        async with started(backend, max_batch_size=8, max_queue_delay_ms=30) as scheduler:
             items = [("a", 1), ("b", 2), ("a", 3), ("b", 4), ("c", 5), ("a", 6)]
             return await scheduler.run(items)
-        finally:
-            await scheduler.stop()
 
     assert run(scenario()) == [1, 4, 9, 16, 25, 36]
     assert backend.batches == [[("a", 1), ("a", 3), ("a", 6)], [("b", 2), ("b", 4)], [("c", 5)]]
@@ -153,13 +150,9 @@ def test_one_failing_item_fails_alone() -> None:
     backend = RecordingBackend()
 
     async def scenario() -> list[object]:
-        scheduler = make(backend, max_batch_size=4, max_queue_delay_ms=20)
-        await scheduler.start()
-        try:
+        async with started(backend, max_batch_size=4, max_queue_delay_ms=20) as scheduler:
             futures = [scheduler.submit(("a", v)) for v in (2, -1, 3, 4)]
             return list(await asyncio.gather(*futures, return_exceptions=True))
-        finally:
-            await scheduler.stop()
 
     outcomes = run(scenario())
     assert isinstance(outcomes, list)
@@ -172,9 +165,7 @@ def test_cancelled_items_are_never_computed() -> None:
     backend = RecordingBackend(seconds_per_batch=0.2)
 
     async def scenario() -> None:
-        scheduler = make(backend, max_batch_size=1, max_queue_delay_ms=0)
-        await scheduler.start()
-        try:
+        async with started(backend, max_batch_size=1, max_queue_delay_ms=0) as scheduler:
             first = scheduler.submit(("a", 1))
             await asyncio.sleep(0.05)  # the first item is now being computed
             doomed = asyncio.ensure_future(scheduler.run([("a", 2), ("a", 3)]))
@@ -183,8 +174,6 @@ def test_cancelled_items_are_never_computed() -> None:
             last = scheduler.submit(("a", 4))
             assert await first == 1
             assert await last == 16
-        finally:
-            await scheduler.stop()
 
     run(scenario())
     assert [item for batch in backend.batches for item in batch] == [("a", 1), ("a", 4)]
@@ -194,12 +183,8 @@ def test_the_model_is_entered_by_one_thread_the_one_that_loaded_it() -> None:
     backend = RecordingBackend()
 
     async def scenario() -> None:
-        scheduler = make(backend, max_batch_size=2, max_queue_delay_ms=1)
-        await scheduler.start()
-        try:
+        async with started(backend, max_batch_size=2, max_queue_delay_ms=1) as scheduler:
             await asyncio.gather(*(scheduler.run([("a", i)]) for i in range(10)))
-        finally:
-            await scheduler.stop()
 
     run(scenario())
     assert backend.threads == {backend.setup_thread}
@@ -210,9 +195,7 @@ def test_admission_refuses_past_max_queue_size_with_a_retry_estimate() -> None:
     backend = RecordingBackend()
 
     async def scenario() -> None:
-        scheduler = make(backend, max_queue_size=2)
-        await scheduler.start()
-        try:
+        async with started(backend, max_queue_size=2) as scheduler:
             with scheduler.admit(), scheduler.admit():
                 with pytest.raises(Overloaded) as refused, scheduler.admit():
                     pass
@@ -220,8 +203,6 @@ def test_admission_refuses_past_max_queue_size_with_a_retry_estimate() -> None:
                 assert refused.value.headers()["Retry-After"].isdigit()
             with scheduler.admit():  # places are given back when requests finish
                 assert scheduler.admitted == 1
-        finally:
-            await scheduler.stop()
 
     run(scenario())
 
