@@ -1,9 +1,10 @@
 """The backend protocols and the item and result types that cross the scheduler.
 
 A backend computes on *items*: for speech-to-text an item is one window of at most
-30 seconds of 16 kHz mono audio, the unit Whisper's encoder takes. The server cuts
-requests into items, the scheduler groups items from many requests into batches,
-and a backend turns one batch into one result per item, in order.
+30 seconds of 16 kHz mono audio, the unit Whisper's encoder takes; for text-to-
+speech an item is one sentence. The server cuts requests into items, the scheduler
+groups items from many requests into batches, and a backend turns one batch into
+one result per item, in order.
 
 Backends are synchronous and not thread-safe: the scheduler guarantees that one
 thread at a time enters a loaded backend.
@@ -98,4 +99,61 @@ class SpeechToTextBackend(Protocol):
 
     def transcribe_batch(self, items: Sequence[TranscriptionItem]) -> list[WindowTranscript]:
         """Transcribe every item, returning one result per item in the same order."""
+        ...
+
+
+# -- text to speech ------------------------------------------------------------------
+
+Speaker = str | int
+"""A voice inside a multi-voice model: a Kokoro voice name, a Piper speaker id or name."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechItem:
+    """One sentence to speak, already split and normalized by the caller."""
+
+    text: str
+    speaker: Speaker | None = None
+    """``None`` is the model's only (or default) voice."""
+    speed: float = 1.0
+    """1.0 is the voice's natural pace; 2.0 takes half the time."""
+    seed: int = 0
+    """Seeds whatever noise the model draws, so equal items give equal audio."""
+
+
+class TextToSpeechBackend(Protocol):
+    """A text-to-speech model that speaks a batch of sentences in one call.
+
+    A backend that cannot batch reports ``max_batch_size`` 1; the scheduler still
+    drives it from one worker thread.
+    """
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate, in Hz, of the audio ``synthesize_batch`` returns."""
+        ...
+
+    @property
+    def max_batch_size(self) -> int:
+        """The most items one call takes (1 when the model has no batch axis)."""
+        ...
+
+    def load(self) -> None:
+        """Load the weights. Called once, before any batch, in the worker thread."""
+        ...
+
+    def check_speaker(self, speaker: Speaker | None) -> None:
+        """Raise ``ValueError`` naming the choices if the loaded model lacks ``speaker``."""
+        ...
+
+    def batch_key(self, item: SpeechItem) -> Hashable:
+        """Items with equal keys may share one batch (one speaker, one set of scales)."""
+        ...
+
+    def synthesize_batch(self, items: Sequence[SpeechItem]) -> list[AudioArray]:
+        """Speak every item: mono float32 in [-1, 1] at ``sample_rate``, one per item.
+
+        Any text must come back as audio or as an exception for that item, never as
+        a hang; text with nothing to speak gives an empty array.
+        """
         ...
