@@ -13,15 +13,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
+import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 
-from models.registry import build_backend
+from models.base import AudioArray, SpeechItem
+from models.registry import ModelLoadError, build_backend
+from models.voices import EngineSpec, build_speech_backend
 from server.errors import exception_handlers
 from server.routes import ROUTES
 from server.runtime import Runtime
 from server.scheduler import ModelScheduler
 from server.settings import Settings
+from server.speech import SpeechEngine, Voice
 from server.transcription import TranscriptionService
 
 logger = logging.getLogger("voxserve")
@@ -51,6 +55,57 @@ async def _start_models(state: Runtime) -> None:
         logger.info("model %s loaded (%s, %s)", entry.id, spec.weights, scheduler.config)
 
 
+async def _start_speech(state: Runtime) -> None:
+    """One engine per distinct voice weights; every voice of every model points at one."""
+    engines: dict[EngineSpec, SpeechEngine] = {}
+    try:
+        await _start_voices(state, engines)
+    except BaseException:  # engines not yet reachable from the runtime: stop them here
+        for engine in engines.values():
+            await engine.scheduler.stop()
+        raise
+
+
+async def _start_voices(state: Runtime, engines: dict[EngineSpec, SpeechEngine]) -> None:
+    settings = state.settings
+    for model in settings.speech_models:
+        voices: dict[str, Voice] = {}
+        for name, spec in model.voices.items():
+            engine_spec = settings.engine_spec(spec)
+            if engine_spec not in engines:
+                label = engine_spec.name
+                if label in {e.name for e in engines.values()}:  # same file, other settings
+                    label = f"{label}#{len(engines) + 1}"
+                engines[engine_spec] = await _start_engine(state, engine_spec, label)
+            engine = engines[engine_spec]
+            try:
+                engine.backend.check_speaker(spec.speaker)
+            except ValueError as exc:
+                raise ModelLoadError(f"speech model {model.id!r}, voice {name!r}: {exc}") from exc
+            voices[name] = Voice(model.id, name, engine, spec.speaker, spec.speed)
+        state.speech.voices[model.id] = voices
+
+
+async def _start_engine(state: Runtime, spec: EngineSpec, name: str) -> SpeechEngine:
+    backend = await anyio.to_thread.run_sync(build_speech_backend, spec)
+    config = state.settings.speech_config()
+    config = msgspec.structs.replace(
+        config, max_batch_size=min(config.max_batch_size, backend.max_batch_size)
+    )
+    scheduler: ModelScheduler[SpeechItem, AudioArray] = ModelScheduler(
+        name,
+        backend.synthesize_batch,
+        backend.batch_key,
+        config,
+        setup=backend.load,
+        observer=state.metrics,
+    )
+    await scheduler.start()
+    state.metrics.watch_queue(name, _depth_of(scheduler))
+    logger.info("speech engine %s loaded (%s)", name, scheduler.config)
+    return SpeechEngine(name, spec.backend, backend, scheduler)
+
+
 def _depth_of(scheduler: ModelScheduler[Any, Any]) -> Callable[[], float]:
     return lambda: scheduler.queue_depth
 
@@ -62,10 +117,13 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         try:
             await _start_models(state)
+            await _start_speech(state)
             yield
         finally:
             for service in state.transcription.values():
                 await service.scheduler.stop()
+            for engine in state.speech.engines:
+                await engine.scheduler.stop()
 
     return Litestar(
         route_handlers=ROUTES,

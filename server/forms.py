@@ -1,4 +1,4 @@
-"""Multipart forms into typed Structs, with OpenAI-style 400s that name the field.
+"""Request bodies (multipart forms, JSON) into typed Structs, with 400s that name the field.
 
 The official SDK sends list fields as repeated ``name[]`` parts and objects as
 ``name[key]`` parts; both are folded back into one value before validation.
@@ -51,6 +51,18 @@ def parse_form(
         return upload, msgspec.convert(fields, schema, strict=False)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"Invalid request: {exc}", param=_param_of(str(exc))) from exc
+
+
+def decode_json(body: bytes, schema: type[StructT]) -> StructT:
+    """A JSON body validated as ``schema``; malformed JSON or invalid UTF-8 is a 400."""
+    try:
+        return msgspec.json.decode(body, type=schema)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"Invalid request: {exc}", param=_param_of(str(exc))) from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"The request body is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError:  # msgspec's answer to JSON nested absurdly deep
+        raise InvalidRequest("The request body is nested too deeply.") from None
 
 
 def _param_of(message: str) -> str | None:

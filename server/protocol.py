@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+MAX_SPEECH_INPUT = 4096
 
 
 class TranscriptionForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -50,3 +52,58 @@ class ModelObject(msgspec.Struct, kw_only=True):
 class ModelList(msgspec.Struct, kw_only=True):
     object: str = "list"
     data: list[ModelObject]
+
+
+class VoiceRef(msgspec.Struct, forbid_unknown_fields=True):
+    """The SDK's ``{"id": ...}`` spelling of a voice."""
+
+    id: str
+
+
+class SpeechRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The JSON body of ``POST /v1/audio/speech``."""
+
+    model: str
+    input: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SPEECH_INPUT)]
+    voice: str | VoiceRef
+    response_format: SpeechFormat = "mp3"
+    speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] = 1.0
+    stream_format: Literal["audio", "sse"] = "audio"
+    instructions: Annotated[str, msgspec.Meta(max_length=MAX_SPEECH_INPUT)] | None = None
+    """Accepted for compatibility; none of the backends can follow instructions."""
+
+    @property
+    def voice_name(self) -> str:
+        return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+
+class SpeechAudioDelta(msgspec.Struct, tag_field="type", tag="speech.audio.delta"):
+    audio: str
+    """Base64 of the next bytes of the audio, in the requested format."""
+
+
+class SpeechUsage(msgspec.Struct, kw_only=True):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class SpeechAudioDone(msgspec.Struct, tag_field="type", tag="speech.audio.done"):
+    usage: SpeechUsage
+
+
+class VoiceInfo(msgspec.Struct, kw_only=True):
+    id: str
+    backend: str
+    speaker: str | int | None
+    sample_rate: int
+
+
+class ModelVoices(msgspec.Struct, kw_only=True):
+    model: str
+    voices: list[VoiceInfo]
+
+
+class VoiceList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[ModelVoices]

@@ -13,7 +13,9 @@ from litestar import Request
 
 from server.errors import ModelNotFound
 from server.metrics import Metrics
+from server.scheduler import ModelScheduler
 from server.settings import Settings
+from server.speech import SpeechService
 from server.transcription import TranscriptionService
 
 
@@ -22,6 +24,7 @@ class Runtime:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
     transcription: dict[str, TranscriptionService] = field(default_factory=dict)
+    speech: SpeechService = field(default_factory=SpeechService)
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     def transcriber(self, model: str) -> TranscriptionService:
@@ -32,8 +35,14 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return len(self.transcription) == len(self.settings.models) and all(
-            service.scheduler.running for service in self.transcription.values()
+        schedulers: list[ModelScheduler[Any, Any]] = [
+            service.scheduler for service in self.transcription.values()
+        ]
+        schedulers += [engine.scheduler for engine in self.speech.engines]
+        return (
+            len(self.transcription) == len(self.settings.models)
+            and len(self.speech.voices) == len(self.settings.speech_models)
+            and all(scheduler.running for scheduler in schedulers)
         )
 
 

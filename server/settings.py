@@ -15,11 +15,12 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from models.registry import ModelSpec
+from models.voices import EMBEDDED_VOICES, EngineSpec, VoiceSpec
 
 ENV_PREFIX = "VOXSERVE_"
 
@@ -41,6 +42,26 @@ class SchedulerConfig(msgspec.Struct, frozen=True):
 
 
 DEFAULT_CATALOG = (CatalogModel(id="whisper-1", weights="embedded:tiny.en"),)
+
+VOICE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class SpeechModel(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A speech model of the catalog: a name clients send and the voices it has."""
+
+    id: str
+    voices: dict[Annotated[str, msgspec.Meta(pattern=VOICE_NAME)], VoiceSpec]
+
+    def __post_init__(self) -> None:
+        if not self.voices:
+            raise ValueError(f"speech model {self.id!r} must have at least one voice")
+
+
+DEFAULT_SPEECH_CATALOG = (
+    SpeechModel(id="tts-1", voices=EMBEDDED_VOICES),
+    SpeechModel(id="tts-1-hd", voices=EMBEDDED_VOICES),
+)
+"""Both tiers speak with the embedded voices until a catalog says otherwise."""
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -67,9 +88,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """Decoded audio longer than this is refused while decoding, not after."""
 
     models: tuple[CatalogModel, ...] = DEFAULT_CATALOG
+    speech_models: tuple[SpeechModel, ...] = DEFAULT_SPEECH_CATALOG
 
     def __post_init__(self) -> None:
-        ids = [m.id for m in self.models]
+        ids = [m.id for m in self.models] + [m.id for m in self.speech_models]
         if len(set(ids)) != len(ids):
             raise ValueError(f"model ids must be unique, got {ids}")
         for name in ("max_batch_size", "max_queue_size", "max_upload_bytes"):
@@ -95,6 +117,22 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             device=model.device or self.device,
             compute_type=model.compute_type or self.compute_type,
             cpu_threads=model.cpu_threads or self.cpu_threads or None,
+        )
+
+    def speech_config(self) -> SchedulerConfig:
+        """The batching knobs of every speech engine (server-wide)."""
+        return SchedulerConfig(
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_ms=self.max_queue_delay_ms,
+            max_queue_size=self.max_queue_size,
+        )
+
+    def engine_spec(self, voice: VoiceSpec) -> EngineSpec:
+        """The voice's engine with the server-wide hardware defaults filled in."""
+        return msgspec.structs.replace(
+            voice.engine(),
+            device=voice.device or self.device,
+            cpu_threads=voice.cpu_threads or self.cpu_threads or None,
         )
 
 
@@ -134,14 +172,14 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """Scalar settings from ``VOXSERVE_<NAME>``; ``VOXSERVE_MODELS`` takes JSON."""
+    """Scalar settings from ``VOXSERVE_<NAME>``; the two catalogs take JSON."""
     fields = {f.name for f in msgspec.structs.fields(Settings)}
     raw: dict[str, Any] = {}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
         name = key.removeprefix(ENV_PREFIX).lower()
-        if name == "models":
+        if name in ("models", "speech_models"):
             try:
                 raw[name] = json.loads(value)
             except json.JSONDecodeError as exc:

@@ -111,3 +111,25 @@ def word_error_rate(pairs: Sequence[tuple[str, str]]) -> float | None:
     edits = sum(edit_distance(words(ref), words(hyp)) for ref, hyp in pairs)
     total = sum(len(words(ref)) for ref, _ in pairs)
     return edits / total if total else None
+
+
+def decode_native(data: bytes, fmt: str | None = None) -> tuple[npt.NDArray[np.float32], int, int]:
+    """Any encoded audio decoded at its own rate: (mono float32 samples, rate, channels).
+
+    ``fmt="s16le"`` reads raw 24 kHz 16-bit mono, which has no header to guess from.
+    """
+    import av
+
+    options = {"sample_rate": "24000", "ch_layout": "mono"} if fmt == "s16le" else {}
+    with av.open(io.BytesIO(data), mode="r", format=fmt, options=options) as container:
+        stream = container.streams.audio[0]
+        rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+        to_float = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        parts = [
+            out.to_ndarray().reshape(-1)
+            for frame in container.decode(stream)
+            for out in to_float.resample(frame)
+        ]
+        parts += [out.to_ndarray().reshape(-1) for out in to_float.resample(None)]
+    samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return samples.astype(np.float32), int(rate), int(channels)

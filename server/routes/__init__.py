@@ -2,6 +2,16 @@
 
 from server.routes.health import health, metrics, ready
 from server.routes.models import get_model, list_models
+from server.routes.speech import create_speech, list_voices
 from server.routes.transcriptions import create_transcription
 
-ROUTES = [create_transcription, list_models, get_model, health, ready, metrics]
+ROUTES = [
+    create_transcription,
+    create_speech,
+    list_voices,
+    list_models,
+    get_model,
+    health,
+    ready,
+    metrics,
+]

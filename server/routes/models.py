@@ -14,7 +14,8 @@ from server.runtime import Runtime, runtime
 
 
 def _models(state: Runtime) -> list[ModelObject]:
-    return [ModelObject(id=m.id, created=state.started_at) for m in state.settings.models]
+    ids = [m.id for m in state.settings.models] + [m.id for m in state.settings.speech_models]
+    return [ModelObject(id=model_id, created=state.started_at) for model_id in ids]
 
 
 @get("/v1/models")

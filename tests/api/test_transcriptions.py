@@ -70,7 +70,7 @@ def test_a_second_resident_model_from_a_local_directory(sentence_wavs: list[byte
         CatalogModel(id="whisper-1"),
         CatalogModel(id="acme/tiny-local", weights=local, beam_size=1, max_batch_size=2),
     )
-    with LiveServer(make_settings(models=catalog)) as live:
+    with LiveServer(make_settings(models=catalog, speech_models=())) as live:
         client = live.openai()
         assert [m.id for m in client.models.list()] == ["whisper-1", "acme/tiny-local"]
         assert client.models.retrieve("acme/tiny-local").id == "acme/tiny-local"
@@ -83,7 +83,7 @@ def test_a_second_resident_model_from_a_local_directory(sentence_wavs: list[byte
 
 def test_models_are_listed_in_openais_shape(server: LiveServer, client: openai.OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models] == ["whisper-1"]
+    assert [m.id for m in models] == ["whisper-1", "tts-1", "tts-1-hd"]
     model = client.models.retrieve("whisper-1")
     assert (model.object, model.owned_by) == ("model", "voxserve")
     with server.http() as http:

@@ -76,3 +76,60 @@ def test_a_missing_or_broken_config_file_is_a_clear_error(tmp_path: Path) -> Non
     broken.write_text("max_batch_size = = 3")
     with pytest.raises(SettingsError, match="not valid"):
         load_settings(broken, env={})
+
+
+def test_both_speech_tiers_default_to_the_embedded_voices() -> None:
+    settings = load_settings(env={})
+    tiers = {model.id: model.voices for model in settings.speech_models}
+    assert set(tiers) == {"tts-1", "tts-1-hd"}
+    for voices in tiers.values():
+        backends = {name: (v.backend, v.weights) for name, v in voices.items()}
+        assert backends == {
+            "alloy": ("hibari", "embedded:heart"),
+            "nova": ("hibari", "embedded:heart"),
+            "shimmer": ("hibari", "embedded:heart"),
+            "echo": ("piper", "embedded:joe"),
+            "fable": ("piper", "embedded:joe"),
+            "onyx": ("piper", "embedded:joe"),
+        }
+    # Voices on the same weights share one engine; speaker and pace are not part of it.
+    engines = {settings.engine_spec(v) for voices in tiers.values() for v in voices.values()}
+    assert len(engines) == 2
+
+
+def test_a_voice_catalog_from_a_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "voxserve.toml"
+    config.write_text(
+        '[[speech_models]]\nid = "tts-1"\n\n'
+        '[speech_models.voices.alloy]\nbackend = "kokoro"\nweights = "/m/kokoro.onnx"\n'
+        'voices = "/m/voices-v1.0.bin"\nspeaker = "af_alloy"\n\n'
+        '[speech_models.voices.onyx]\nbackend = "piper"\nweights = "/m/libritts.onnx"\n'
+        "speaker = 12\nspeed = 0.9\n"
+    )
+    (model,) = load_settings(config, env={}).speech_models
+    alloy, onyx = model.voices["alloy"], model.voices["onyx"]
+    assert (alloy.backend, alloy.speaker, alloy.voices) == (
+        "kokoro",
+        "af_alloy",
+        "/m/voices-v1.0.bin",
+    )
+    assert (onyx.speaker, onyx.speed) == (12, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("catalog", "fragment"),
+    [
+        ('[{"id": "t", "voices": {"alloy": {"backend": "espeak", "weights": "x"}}}]', "backend"),
+        ('[{"id": "t", "voices": {"alloy": {"backend": "piper"}}}]', "weights"),
+        ('[{"id": "t", "voices": {}}]', "at least one voice"),
+        ('[{"id": "t", "voices": {"../etc": {"backend": "piper", "weights": "x"}}}]', "voices"),
+        (
+            '[{"id": "t", "voices": {"a": {"backend": "piper", "weights": "x", "speed": 0}}}]',
+            "speed",
+        ),
+        ('[{"id": "whisper-1", "voices": {"a": {"backend": "piper", "weights": "x"}}}]', "unique"),
+    ],
+)
+def test_an_invalid_voice_catalog_says_what_is_wrong(catalog: str, fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(env={"VOXSERVE_SPEECH_MODELS": catalog})

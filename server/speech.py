@@ -1,0 +1,136 @@
+"""From text to a stream of audio: split, queue sentence by sentence, yield in order.
+
+A request's text is normalized and split into sentences (``server.text``). Each
+sentence is one scheduler item, so sentences of concurrent requests that share a
+voice meet in one batch. The first sentence goes alone, so that the first audio
+is not held back by a batch of its own followers; after it, a request keeps at
+most ``LOOKAHEAD`` sentences queued: enough to fill batches and to have the next
+sentence ready when the previous one is sent, without one long input flooding the
+queue in front of everyone else. Audio is yielded sentence by sentence as soon as
+it is ready and in order; when the consumer stops (the client went away), the
+queued sentences are withdrawn and never computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass, field
+
+from models.base import AudioArray, Speaker, SpeechItem, TextToSpeechBackend
+from server.errors import InvalidRequest, ModelNotFound
+from server.scheduler import ModelScheduler
+from server.text import normalize, split_sentences
+
+LOOKAHEAD = 4
+"""Sentences of one request queued ahead of the one being sent."""
+
+FIRST_SENTENCE_CHARS = 120
+"""The first piece is cut shorter (at a clause) so the first audio comes early."""
+
+
+@dataclass(eq=False)
+class SpeechEngine:
+    """One loaded text-to-speech model and the scheduler in front of it."""
+
+    name: str
+    backend_name: str
+    backend: TextToSpeechBackend
+    scheduler: ModelScheduler[SpeechItem, AudioArray]
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A voice of a speech model, as a client names it, and what speaks it."""
+
+    model: str
+    name: str
+    engine: SpeechEngine
+    speaker: Speaker | None = None
+    speed: float = 1.0
+
+    @property
+    def sample_rate(self) -> int:
+        return self.engine.backend.sample_rate
+
+
+@dataclass
+class SpeechService:
+    """The catalog of speech models and their voices, and the one way to speak."""
+
+    voices: dict[str, dict[str, Voice]] = field(default_factory=dict)
+    """Model id -> voice name -> voice."""
+
+    @property
+    def engines(self) -> list[SpeechEngine]:
+        """Every loaded engine once, however many voices share it."""
+        unique = {
+            id(v.engine): v.engine for voices in self.voices.values() for v in voices.values()
+        }
+        return list(unique.values())
+
+    def voice(self, model: str, name: str) -> Voice:
+        """The voice ``name`` of ``model``; 404 for a model, 400 listing the choices."""
+        try:
+            voices = self.voices[model]
+        except KeyError:
+            raise ModelNotFound(model) from None
+        try:
+            return voices[name]
+        except KeyError:
+            choices = ", ".join(voices)
+            raise InvalidRequest(
+                f"Voice '{name}' is not available for model '{model}'. Choose one of: {choices}.",
+                param="voice",
+            ) from None
+
+    @staticmethod
+    def sentences(text: str) -> list[str]:
+        """The pieces ``text`` is spoken in; a 400 if nothing in it can be spoken."""
+        pieces = split_sentences(normalize(text), first_max_chars=FIRST_SENTENCE_CHARS)
+        if not pieces:
+            raise InvalidRequest(
+                "The input has nothing to speak: no letters or digits remain once "
+                "markup, emoji and control characters are removed.",
+                param="input",
+            )
+        return pieces
+
+    async def speak(
+        self, voice: Voice, sentences: list[str], speed: float = 1.0
+    ) -> AsyncGenerator[AudioArray, None]:
+        """Audio for each sentence, in order, each as soon as it and those before are done.
+
+        The request holds one place in its engine's queue while it is being spoken;
+        a full queue refuses it (429) at the first step, before any work is done.
+        """
+        scheduler = voice.engine.scheduler
+        items = iter(
+            SpeechItem(text, speaker=voice.speaker, speed=speed * voice.speed) for text in sentences
+        )
+        with scheduler.admit():
+            pending: deque[asyncio.Future[AudioArray]] = deque()
+            try:
+                _top_up(pending, items, scheduler, 1)
+                while pending:
+                    audio = await pending[0]
+                    pending.popleft()
+                    _top_up(pending, items, scheduler, LOOKAHEAD)
+                    yield audio
+            finally:  # the consumer stopped early or failed: withdraw what is queued
+                for future in pending:
+                    future.cancel()
+
+
+def _top_up(
+    pending: deque[asyncio.Future[AudioArray]],
+    items: Iterator[SpeechItem],
+    scheduler: ModelScheduler[SpeechItem, AudioArray],
+    limit: int,
+) -> None:
+    while len(pending) < limit:
+        item = next(items, None)
+        if item is None:
+            return
+        pending.append(scheduler.submit(item))

@@ -1,0 +1,105 @@
+"""The voice catalog: other backends behind model names, start-up validation, disconnects."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from litestar.testing import TestClient
+
+from models.registry import ModelLoadError
+from models.voices import VoiceSpec
+from server.app import create_app
+from server.settings import SpeechModel
+from tests.conftest import LiveServer, make_settings
+from tests.speech import decode_native
+
+KOKORO = VoiceSpec(
+    backend="kokoro",
+    weights="embedded:kokoro-int8",
+    voices="embedded:kokoro-ja",
+    speaker="jf_alpha",
+)
+
+
+def test_a_catalog_puts_kokoro_behind_a_model_name() -> None:
+    catalog = (SpeechModel(id="tts-1-hd", voices={"alloy": KOKORO, "sage": KOKORO}),)
+    with LiveServer(make_settings(models=(), speech_models=catalog)) as live, live.http() as http:
+        response = http.post(
+            "/v1/audio/speech",
+            json={"model": "tts-1-hd", "voice": "sage", "input": "Good morning, everyone."},
+        )
+        voices = http.get("/v1/audio/voices").json()["data"]
+        models = [m["id"] for m in http.get("/v1/models").json()["data"]]
+    assert response.status_code == 200
+    samples, rate, _ = decode_native(response.content)
+    assert rate == 24_000
+    assert 0.8 < len(samples) / rate < 6.0
+    assert voices == [
+        {
+            "model": "tts-1-hd",
+            "voices": [
+                {"id": name, "backend": "kokoro", "speaker": "jf_alpha", "sample_rate": 24_000}
+                for name in ("alloy", "sage")
+            ],
+        }
+    ]
+    assert models == ["tts-1-hd"]
+
+
+@pytest.mark.parametrize(
+    ("voice", "message"),
+    [
+        (
+            VoiceSpec(
+                backend="kokoro",
+                weights="embedded:kokoro-int8",
+                voices="embedded:kokoro-ja",
+                speaker="af_nobody",
+            ),
+            "voice 'alloy'",
+        ),
+        (VoiceSpec(backend="piper", weights="/nonexistent/voice.onnx"), "/nonexistent/voice.onnx"),
+        (VoiceSpec(backend="hibari", weights="embedded:nothing"), "embedded:heart"),
+        (VoiceSpec(backend="piper", weights="embedded:joe", speaker=3), "voice 'alloy'"),
+    ],
+)
+def test_a_wrong_catalog_stops_start_up_saying_what_is_wrong(
+    voice: VoiceSpec, message: str
+) -> None:
+    settings = make_settings(
+        models=(), speech_models=(SpeechModel(id="m", voices={"alloy": voice}),)
+    )
+    with pytest.raises(BaseException) as caught, TestClient(create_app(settings)):
+        pass
+    (error,) = leaves(caught.value)  # the lifespan's error, however the framework wraps it
+    assert isinstance(error, ModelLoadError) and message in str(error), error
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
+
+
+def items_computed(server: LiveServer, engine: str) -> float:
+    with server.http() as http:
+        text = http.get("/metrics").text
+    match = re.search(rf'voxserve_batch_size_sum\{{model="{re.escape(engine)}"\}} (\S+)', text)
+    return float(match[1]) if match else 0.0
+
+
+def test_a_client_that_goes_away_stops_the_synthesis_of_the_rest(server: LiveServer) -> None:
+    engine = "piper:embedded:joe"
+    text = " ".join(f"This is sentence number {n} of a long reading." for n in range(40))
+    before = items_computed(server, engine)
+    with server.http() as http:
+        body = {"model": "tts-1", "voice": "echo", "input": text, "response_format": "pcm"}
+        with http.stream("POST", "/v1/audio/speech", json=body) as response:
+            next(response.iter_raw())
+    time.sleep(1.5)
+    computed = items_computed(server, engine) - before
+    assert 1 <= computed <= 12, computed
+    time.sleep(1.0)
+    assert items_computed(server, engine) - before == computed  # nothing more is coming
