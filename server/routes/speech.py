@@ -5,7 +5,8 @@ raw bytes of the requested format with ``stream_format=audio``, or server-sent
 ``speech.audio.delta`` events and one ``speech.audio.done`` with ``sse``. The
 first sentence is synthesized before the status line goes out, so a refusal (429)
 or a failure of the first sentence is an ordinary error response; a failure
-later can only end the stream early (audio) or send an ``error`` event (sse).
+later breaks the body off (audio: the client sees an incomplete transfer rather
+than a short file that looks whole) or sends an ``error`` event (sse).
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ async def _bytes_only(encoded: AsyncIterator[tuple[bytes, int]]) -> AsyncIterato
         async for chunk, _ in encoded:
             if chunk:
                 yield chunk
-    except Exception as exc:  # the status line is gone; end the body early
-        logger.warning("speech stream ended early: %r", exc)
+    except Exception as exc:
+        # The status line is gone. Re-raising breaks the chunked body off without its
+        # last chunk, so the client sees a failed transfer, not a short "complete" file.
+        logger.warning("speech stream broken off: %r", exc)
+        raise
 
 
 @dataclass

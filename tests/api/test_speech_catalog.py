@@ -103,3 +103,27 @@ def test_a_client_that_goes_away_stops_the_synthesis_of_the_rest(server: LiveSer
     assert 1 <= computed <= 12, computed
     time.sleep(1.0)
     assert items_computed(server, engine) - before == computed  # nothing more is coming
+
+
+def test_a_full_engine_answers_429_with_retry_after_before_any_audio() -> None:
+    long_text = " ".join(f"This is sentence number {n} of a long reading." for n in range(30))
+    with LiveServer(make_settings(models=(), max_queue_size=1)) as live, live.http() as http:
+        body = {"model": "tts-1", "voice": "echo", "response_format": "pcm"}
+        with http.stream("POST", "/v1/audio/speech", json={**body, "input": long_text}) as first:
+            chunks = first.iter_raw()  # kept: dropping the iterator would close the stream
+            next(chunks)  # the first request now holds the engine's only place
+            refused = http.post("/v1/audio/speech", json={**body, "input": "Hello."})
+            other_engine = http.post(
+                "/v1/audio/speech", json={**body, "voice": "alloy", "input": "Hello."}
+            )
+        deadline = time.monotonic() + 5  # the server notices the disconnect, then frees it
+        while (
+            after := http.post("/v1/audio/speech", json={**body, "input": "Hello."})
+        ).status_code == 429:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["type"] == "server_error"
+    assert other_engine.status_code == 200  # each engine has its own queue
+    assert after.status_code == 200  # the place is given back when the stream ends
