@@ -79,7 +79,8 @@ class KokoroBackend:
     def check_speaker(self, speaker: Speaker | None) -> None:
         if not isinstance(speaker, str) or speaker not in self._voices:
             choices = ", ".join(self.voices)
-            raise ValueError(f"Kokoro needs a voice: one of {choices}; got {speaker!r}")
+            what = "needs a speaker" if speaker is None else f"has no voice {speaker!r}"
+            raise ValueError(f"{self.voices_path} {what}; its voices: {choices}")
 
     def batch_key(self, item: SpeechItem) -> Hashable:
         """Every item alike: the graph has no batch axis, so batches are single items."""

@@ -1,4 +1,4 @@
-"""The ``voxserve`` command: ``serve`` runs the server, ``models`` prints the catalog."""
+"""The ``voxserve`` command: ``serve`` runs the server, ``models`` prints the catalogs."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
     serve.add_argument("--config", help="settings file, TOML or JSON")
-    models = commands.add_parser("models", help="print the model catalog as JSON")
+    models = commands.add_parser("models", help="print the model and voice catalogs as JSON")
     models.add_argument("--config", help="settings file, TOML or JSON")
     return parser
 
@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voxserve: {exc}", file=sys.stderr)
         return 2
     if args.command == "models":
-        print(msgspec.json.format(msgspec.json.encode(settings.models)).decode())
+        catalogs = {"models": settings.models, "speech_models": settings.speech_models}
+        print(msgspec.json.format(msgspec.json.encode(catalogs)).decode())
         return 0
     return serve(settings)
 

@@ -116,8 +116,12 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         try:
-            await _start_models(state)
-            await _start_speech(state)
+            try:
+                await _start_models(state)
+                await _start_speech(state)
+            except ModelLoadError as exc:  # one clear line above the framework's traceback
+                logger.error("voxserve cannot start: %s", exc)
+                raise
             yield
         finally:
             for service in state.transcription.values():
