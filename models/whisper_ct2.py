@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import zlib
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -33,6 +34,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 
+from models.alignment import Alignment, SegmentSpan, words_and_logprobs
 from models.base import SAMPLE_RATE, Segment, TranscriptionItem, WindowTranscript
 from models.hardware import Device
 
@@ -45,6 +47,8 @@ MAX_PROMPT_CHARS = 4 * 1024
 TIME_PRECISION = 0.02
 """Seconds per timestamp token."""
 FRAMES_PER_SECOND = 100
+HOP_LENGTH = SAMPLE_RATE // FRAMES_PER_SECOND
+"""Audio samples per mel frame."""
 MIN_RESUME_ADVANCE = 1.0
 """A resume point must move this many seconds into the window, so a window ends."""
 MIN_RESUME_REST = 0.3
@@ -147,12 +151,61 @@ class WhisperCT2Backend:
             max_initial_timestamp_index=round(1.0 / TIME_PRECISION),
             **self._decoding_options(items[0].options.temperature),
         )
-        return [
-            _window_transcript(item, lang, tokenizer, result)
+        decoded = [
+            _decode_window(item, lang, tokenizer, result)
             for item, lang, tokenizer, result in zip(
                 items, languages, tokenizers, results, strict=True
             )
         ]
+        alignments = self._align(items, tokenizers, decoded, encoder_output)
+        return [
+            window.transcript(tokenizer, alignment)
+            for window, tokenizer, alignment in zip(decoded, tokenizers, alignments, strict=True)
+        ]
+
+    def _align(
+        self,
+        items: Sequence[TranscriptionItem],
+        tokenizers: Sequence[Tokenizer],
+        decoded: Sequence[_DecodedWindow],
+        encoder_output: ctranslate2.StorageView,
+    ) -> list[Alignment | None]:
+        """Force-align the windows that asked for word timings or token log-probabilities.
+
+        ``align`` takes one start sequence per call, so windows are grouped by it
+        (in practice by language and task); a group that is not the whole batch
+        gets its rows of the encoder output copied out.
+        """
+        wanted = [
+            i
+            for i, (item, window) in enumerate(zip(items, decoded, strict=True))
+            if (item.options.word_timestamps or item.options.token_logprobs) and window.tokens
+        ]
+        out: list[Alignment | None] = [None] * len(items)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in wanted:
+            groups.setdefault(tuple(tokenizers[i].sot_sequence), []).append(i)
+        for sot_sequence, members in groups.items():
+            features = encoder_output
+            if len(members) != len(items):
+                host = encoder_output.to_device(ctranslate2.Device.cpu)
+                rows = np.ascontiguousarray(np.asarray(host)[members])
+                features = ctranslate2.StorageView.from_array(rows)
+            results = self.model.model.align(
+                features,
+                list(sot_sequence),
+                [decoded[i].tokens for i in members],
+                [len(items[i].audio) // HOP_LENGTH for i in members],
+            )
+            for i, result in zip(members, results, strict=True):
+                out[i] = words_and_logprobs(
+                    tokenizers[i],
+                    decoded[i].spans,
+                    items[i].offset,
+                    result.alignments,
+                    result.text_token_probs,
+                )
+        return out
 
     def _decoding_options(self, temperature: float) -> dict[str, Any]:
         if temperature > 0:
@@ -212,34 +265,74 @@ def _suppressed_tokens(tokenizer: Tokenizer) -> list[int]:
     return sorted(set(tokenizer.non_speech_tokens) | set(special))
 
 
-def _window_transcript(
-    item: TranscriptionItem, language: str, tokenizer: Tokenizer, result: Any
-) -> WindowTranscript:
-    tokens: list[int] = result.sequences_ids[0]
-    avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-    no_speech_prob = float(result.no_speech_prob)
-    if no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
-        return WindowTranscript(language=language)  # silence: Whisper's own rule
-    duration = len(item.audio) / SAMPLE_RATE
-    spans, resume = split_at_timestamps(tokens, tokenizer.timestamp_begin, duration)
-    segments = []
-    for start, end, text_tokens in spans:
-        text = tokenizer.decode(text_tokens)
-        segments.append(
+@dataclass(frozen=True, slots=True)
+class _DecodedWindow:
+    """One window's best hypothesis, cut into segments but not yet turned into text."""
+
+    item: TranscriptionItem
+    language: str
+    spans: list[SegmentSpan]
+    temperature: float
+    avg_logprob: float
+    no_speech_prob: float
+    silent: bool = False
+    resume_at: float | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for span in self.spans for t in span.tokens]
+
+    def transcript(self, tokenizer: Tokenizer, alignment: Alignment | None) -> WindowTranscript:
+        ratio = compression_ratio(tokenizer.decode(self.tokens)) if self.spans else 0.0
+        options = self.item.options
+        segments = [
             Segment(
-                start=round(item.offset + start, 3),
-                end=round(item.offset + end, 3),
-                text=text,
-                tokens=tuple(text_tokens),
-                seek=round(item.offset * FRAMES_PER_SECOND),
-                temperature=item.options.temperature,
-                avg_logprob=float(avg_logprob),
-                compression_ratio=compression_ratio(text),
-                no_speech_prob=no_speech_prob,
+                start=span.start,
+                end=span.end,
+                text=tokenizer.decode(list(span.tokens)),
+                tokens=tuple(span.tokens),
+                seek=round(self.item.offset * FRAMES_PER_SECOND),
+                temperature=self.temperature,
+                avg_logprob=self.avg_logprob,
+                compression_ratio=ratio,
+                no_speech_prob=self.no_speech_prob,
+                words=alignment.words[k] if alignment and options.word_timestamps else (),
+                logprobs=alignment.logprobs[k] if alignment and options.token_logprobs else (),
             )
+            for k, span in enumerate(self.spans)
+        ]
+        return WindowTranscript(
+            language=self.language,
+            segments=segments,
+            temperature=self.temperature,
+            avg_logprob=self.avg_logprob,
+            compression_ratio=ratio,
+            no_speech_prob=self.no_speech_prob,
+            silent=self.silent,
+            resume_at=self.resume_at,
         )
+
+
+def _decode_window(
+    item: TranscriptionItem, language: str, tokenizer: Tokenizer, result: Any
+) -> _DecodedWindow:
+    tokens: list[int] = result.sequences_ids[0]
+    avg_logprob = float(result.scores[0] * len(tokens) / (len(tokens) + 1))
+    no_speech_prob = float(result.no_speech_prob)
+    temperature = item.options.temperature
+    if no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
+        # silence, by Whisper's own rule: no segments, and no retry would change that
+        return _DecodedWindow(item, language, [], temperature, avg_logprob, no_speech_prob, True)
+    duration = len(item.audio) / SAMPLE_RATE
+    cuts, resume = split_at_timestamps(tokens, tokenizer.timestamp_begin, duration)
+    spans = [
+        SegmentSpan(text, round(item.offset + start, 3), round(item.offset + end, 3))
+        for start, end, text in cuts
+    ]
     resume_at = None if resume is None else round(item.offset + resume, 3)
-    return WindowTranscript(language=language, segments=segments, resume_at=resume_at)
+    return _DecodedWindow(
+        item, language, spans, temperature, avg_logprob, no_speech_prob, resume_at=resume_at
+    )
 
 
 def split_at_timestamps(

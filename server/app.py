@@ -20,6 +20,7 @@ from litestar.datastructures import State
 from models.base import AudioArray, SpeechItem
 from models.registry import ModelLoadError, build_backend
 from models.voices import EngineSpec, build_speech_backend
+from server.audio import AudioLimits
 from server.errors import exception_handlers
 from server.routes import ROUTES
 from server.runtime import Runtime
@@ -30,8 +31,9 @@ from server.transcription import TranscriptionService
 
 logger = logging.getLogger("voxserve")
 
-FORM_OVERHEAD_BYTES = 1 << 20
-"""Room for the form's other fields and multipart framing beside a maximal file."""
+FORM_OVERHEAD_BYTES = 256 << 10
+"""Room for the form's other fields (a long prompt) and multipart framing beside a
+maximal file; the file itself is held to ``max_upload_bytes`` on its own."""
 
 
 async def _start_models(state: Runtime) -> None:
@@ -50,7 +52,10 @@ async def _start_models(state: Runtime) -> None:
         await scheduler.start()
         state.metrics.watch_queue(entry.id, _depth_of(scheduler))
         state.transcription[entry.id] = TranscriptionService(
-            entry.id, backend, scheduler, max_audio_seconds=settings.max_audio_seconds
+            entry.id,
+            backend,
+            scheduler,
+            limits=AudioLimits(settings.max_audio_seconds, settings.max_decoded_bytes),
         )
         logger.info("model %s loaded (%s, %s)", entry.id, spec.weights, scheduler.config)
 

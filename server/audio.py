@@ -1,13 +1,26 @@
-"""Decode uploads to 16 kHz mono float32, with a cap on decoded length.
+"""Decode uploads to 16 kHz mono float32, refusing what would cost too much before paying.
 
-Runs in a worker thread, never on the event loop. The cap is checked as frames
-come out of the decoder, so a small file that claims hours of audio is refused
-after decoding only as much as the limit allows.
+Runs in a worker thread, never on the event loop. A small file can claim hours of
+audio (digital silence compresses to almost nothing), so the limits are enforced
+in three steps, each cheaper than the next would be:
+
+1. the header: a file type outside OpenAI's list, a sample rate or channel count
+   no microphone produces, or a declared duration over the limit is refused
+   before any audio is decoded;
+2. the packets: their durations are summed without decoding (a tenth of a second
+   per hour of audio), so a file that lies in its header, or has none, is still
+   refused before the costly decode and resample;
+3. the frames: decoded duration and decoded bytes are counted as frames come out
+   of the decoder, so a file whose packets lie too stops at the limit. Memory is
+   the output array (64 kB per second of audio), never the whole decoded stream.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import PurePath
 
 import av
 import numpy as np
@@ -15,42 +28,157 @@ import numpy as np
 from models.base import SAMPLE_RATE, AudioArray
 from server.errors import InvalidAudio
 
+SUPPORTED_EXTENSIONS: dict[str, frozenset[str]] = {
+    "flac": frozenset({"flac"}),
+    "m4a": frozenset({"mov", "mp4", "m4a"}),
+    "mp3": frozenset({"mp3"}),
+    "mp4": frozenset({"mov", "mp4", "m4a"}),
+    "mpeg": frozenset({"mp3", "mpeg"}),
+    "mpga": frozenset({"mp3"}),
+    "oga": frozenset({"ogg"}),
+    "ogg": frozenset({"ogg"}),
+    "wav": frozenset({"wav"}),
+    "webm": frozenset({"matroska", "webm"}),
+}
+"""OpenAI's accepted file types, and the containers each name may hold."""
+SUPPORTED_CONTAINERS = frozenset().union(*SUPPORTED_EXTENSIONS.values())
+SUPPORTED_LIST = ", ".join(SUPPORTED_EXTENSIONS)
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+"""The highest rate studio converters use; anything above is a forged header."""
+MAX_CHANNELS = 32
 
-def decode_audio(data: bytes, *, max_seconds: float) -> AudioArray:
+
+@dataclass(frozen=True, slots=True)
+class AudioLimits:
+    """What one upload may decode to (``Settings`` fills these in)."""
+
+    max_seconds: float
+    """Audio longer than this is refused."""
+    max_decoded_bytes: int
+    """Bytes out of the decoder (all channels, native rate and sample format)."""
+
+
+def decode_audio(data: bytes, limits: AudioLimits, filename: str | None = None) -> AudioArray:
     """Every audio sample in ``data``, mono at 16 kHz, or :class:`InvalidAudio`."""
     if not data:
         raise InvalidAudio("The uploaded file is empty (0 bytes).")
-    max_samples = int(max_seconds * SAMPLE_RATE)
-    chunks: list[np.ndarray] = []
-    total = 0
+    allowed = _allowed_containers(filename)
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
-            if not container.streams.audio:
-                raise InvalidAudio("The uploaded file has no audio stream.")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            for frame in container.decode(audio=0):
-                for out in resampler.resample(frame):
-                    total += _append(chunks, out)
-                if total > max_samples:
-                    raise InvalidAudio(
-                        f"The audio is longer than the {max_seconds:g} seconds this server accepts."
-                    )
-            for out in resampler.resample(None):
-                total += _append(chunks, out)
+        seconds = _check_container(data, allowed, limits)
+        return _decode(data, limits, seconds)
     except InvalidAudio:
         raise
-    except (av.error.FFmpegError, ValueError, IndexError) as exc:
+    except (av.error.FFmpegError, ValueError, IndexError, OverflowError) as exc:
         raise InvalidAudio(
-            "The uploaded file could not be decoded as audio; supported formats are "
-            "flac, mp3, mp4, mpeg, mpga, m4a, ogg, wav and webm."
+            f"The uploaded file could not be decoded as audio; supported formats: {SUPPORTED_LIST}."
         ) from exc
-    if total == 0:
+
+
+def _allowed_containers(filename: str | None) -> frozenset[str]:
+    suffix = PurePath(filename or "").suffix.lower().removeprefix(".")
+    if not suffix:
+        return SUPPORTED_CONTAINERS
+    if suffix not in SUPPORTED_EXTENSIONS:
+        raise InvalidAudio(
+            f"Unsupported file type '.{suffix}'. Supported formats: {SUPPORTED_LIST}."
+        )
+    return SUPPORTED_EXTENSIONS[suffix]
+
+
+def _check_container(data: bytes, allowed: frozenset[str], limits: AudioLimits) -> float:
+    """Header and packet checks; returns the audio's duration by its packets (0 if unknown)."""
+    with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        names = set(container.format.name.split(","))
+        if not names & allowed:
+            kind = "a supported type" if allowed is SUPPORTED_CONTAINERS else "what its name says"
+            raise InvalidAudio(
+                f"The uploaded file is {container.format.long_name or container.format.name}, "
+                f"not {kind}. Supported formats: {SUPPORTED_LIST}."
+            )
+        if not container.streams.audio:
+            raise InvalidAudio("The uploaded file has no audio stream.")
+        stream = container.streams.audio[0]
+        _check_shape(stream.codec_context.sample_rate, stream.codec_context.channels)
+        declared = (container.duration or 0) / av.time_base
+        _check_seconds(declared, limits, "declares")
+        seconds = Fraction(0)
+        for packet in container.demux(stream):
+            if packet.duration and packet.time_base:
+                seconds += packet.duration * packet.time_base
+                if seconds > limits.max_seconds:
+                    _check_seconds(float(seconds), limits, "holds more than")
+        return float(seconds)
+
+
+def _decode(data: bytes, limits: AudioLimits, expected_seconds: float) -> AudioArray:
+    max_samples = int(limits.max_seconds * SAMPLE_RATE)
+    out = _Samples(min(max_samples, int(expected_seconds * SAMPLE_RATE) + SAMPLE_RATE))
+    native_seconds = 0.0
+    decoded_bytes = 0
+    with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        for frame in container.decode(audio=0):
+            channels = len(frame.layout.channels)
+            _check_shape(frame.sample_rate, channels)
+            native_seconds += frame.samples / frame.sample_rate
+            decoded_bytes += frame.samples * channels * frame.format.bytes
+            _check_seconds(native_seconds, limits, "decodes to more than")
+            if decoded_bytes > limits.max_decoded_bytes:
+                raise InvalidAudio(
+                    f"The audio decodes to more than the {limits.max_decoded_bytes} bytes "
+                    "this server accepts."
+                )
+            for resampled in resampler.resample(frame):
+                out.append(resampled.to_ndarray().reshape(-1))
+        for resampled in resampler.resample(None):
+            out.append(resampled.to_ndarray().reshape(-1))
+    if not len(out):
         raise InvalidAudio("The uploaded file contains no audio samples.")
-    audio = np.concatenate(chunks)[:max_samples]
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    return out.array()[:max_samples]
 
 
-def _append(chunks: list[np.ndarray], frame: av.AudioFrame) -> int:
-    samples = frame.to_ndarray().reshape(-1)
-    chunks.append(samples)
-    return len(samples)
+def _check_shape(sample_rate: int | None, channels: int | None) -> None:
+    if sample_rate and not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise InvalidAudio(
+            f"The audio claims a sample rate of {sample_rate} Hz; supported rates are "
+            f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz."
+        )
+    if channels and channels > MAX_CHANNELS:
+        raise InvalidAudio(
+            f"The audio has {channels} channels; at most {MAX_CHANNELS} are supported."
+        )
+
+
+def _check_seconds(seconds: float, limits: AudioLimits, verb: str) -> None:
+    if seconds > limits.max_seconds:
+        raise InvalidAudio(
+            f"The audio {verb} {seconds:.0f} seconds; this server accepts at most "
+            f"{limits.max_seconds:g} seconds."
+        )
+
+
+class _Samples:
+    """A float32 buffer that grows by doubling: one copy at the end, not a list of chunks."""
+
+    def __init__(self, capacity: int) -> None:
+        self._buffer = np.empty(max(capacity, SAMPLE_RATE), dtype=np.float32)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, samples: np.ndarray) -> None:
+        end = self._size + len(samples)
+        if end > len(self._buffer):
+            grown = np.empty(max(end, 2 * len(self._buffer)), dtype=np.float32)
+            grown[: self._size] = self._buffer[: self._size]
+            self._buffer = grown
+        self._buffer[self._size : end] = samples
+        self._size = end
+
+    def array(self) -> AudioArray:
+        """The samples; a view when little is spare (the usual case: packets told the size)."""
+        spare = len(self._buffer) - self._size
+        view = self._buffer[: self._size]
+        return view if spare <= self._size // 8 else view.copy()

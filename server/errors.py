@@ -28,6 +28,8 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from server.protocol import sse_event
+
 logger = logging.getLogger("voxserve.errors")
 
 
@@ -173,3 +175,8 @@ def exception_handlers() -> MutableMapping[int | type[Exception], Handler]:
         HTTPException: _from_http,
         Exception: _from_unexpected,
     }
+
+
+def sse_error(error: VoxserveError) -> bytes:
+    """An ``error`` event for a stream whose status line is already sent."""
+    return sse_event({"type": "error", **msgspec.to_builtins(error.envelope())})

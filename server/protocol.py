@@ -16,6 +16,18 @@ SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 MAX_SPEECH_INPUT = 4096
 
 
+Milliseconds = Annotated[int, msgspec.Meta(ge=0, le=10_000)]
+
+
+class ServerVad(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``chunking_strategy={"type": "server_vad", ...}``, with OpenAI's defaults."""
+
+    type: Literal["server_vad"]
+    threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+    prefix_padding_ms: Milliseconds = 300
+    silence_duration_ms: Milliseconds = 200
+
+
 class TranscriptionForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The fields of ``POST /v1/audio/transcriptions`` besides ``file``."""
 
@@ -29,7 +41,16 @@ class TranscriptionForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     )
     include: list[Literal["logprobs"]] = msgspec.field(default_factory=list, name="include[]")
     stream: bool = False
-    chunking_strategy: Literal["auto"] | dict[str, Any] | None = None
+    chunking_strategy: Literal["auto"] | ServerVad | None = None
+
+
+class TranslationForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The fields of ``POST /v1/audio/translations`` besides ``file``."""
+
+    model: str
+    prompt: str | None = None
+    response_format: ResponseFormat = "json"
+    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -37,9 +58,60 @@ class Usage(msgspec.Struct, kw_only=True):
     seconds: int
 
 
-class TranscriptionJSON(msgspec.Struct):
+class TokenLogprobJSON(msgspec.Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TranscriptionJSON(msgspec.Struct, kw_only=True, omit_defaults=True):
+    text: str
+    logprobs: list[TokenLogprobJSON] | None = None
+    usage: Usage | None = None
+
+
+class SegmentJSON(msgspec.Struct, kw_only=True):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class WordJSON(msgspec.Struct, kw_only=True):
+    word: str
+    start: float
+    end: float
+
+
+class VerboseJSON(msgspec.Struct, kw_only=True, omit_defaults=True):
+    task: str
+    language: str
+    duration: float
+    text: str
+    segments: list[SegmentJSON] | None = None
+    words: list[WordJSON] | None = None
+    usage: Usage | None = None
+
+
+class TranscriptTextDelta(
+    msgspec.Struct, tag_field="type", tag="transcript.text.delta", omit_defaults=True
+):
+    delta: str
+    logprobs: list[TokenLogprobJSON] | None = msgspec.field(default=None)
+
+
+class TranscriptTextDone(
+    msgspec.Struct, tag_field="type", tag="transcript.text.done", omit_defaults=True
+):
     text: str
     usage: Usage
+    logprobs: list[TokenLogprobJSON] | None = msgspec.field(default=None)
 
 
 class ModelObject(msgspec.Struct, kw_only=True):
@@ -107,3 +179,8 @@ class ModelVoices(msgspec.Struct, kw_only=True):
 class VoiceList(msgspec.Struct, kw_only=True):
     object: str = "list"
     data: list[ModelVoices]
+
+
+def sse_event(event: msgspec.Struct | dict[str, Any]) -> bytes:
+    """One server-sent event carrying ``event`` as JSON, as OpenAI streams them."""
+    return b"data: " + msgspec.json.encode(event) + b"\n\n"

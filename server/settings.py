@@ -85,7 +85,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_upload_bytes: int = 26_214_400
     """OpenAI's 25 MiB limit on the ``file`` field."""
     max_audio_seconds: float = 4 * 3600.0
-    """Decoded audio longer than this is refused while decoding, not after."""
+    """Audio longer than this is refused: by its header, its packets, or while decoding."""
+    max_decoded_bytes: int = 8 << 30
+    """Bytes the decoder may produce for one upload (native rate, all channels): bounds
+    the work a small file can demand. 8 GiB is 4 h of 48 kHz stereo float."""
 
     models: tuple[CatalogModel, ...] = DEFAULT_CATALOG
     speech_models: tuple[SpeechModel, ...] = DEFAULT_SPEECH_CATALOG
@@ -94,11 +97,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         ids = [m.id for m in self.models] + [m.id for m in self.speech_models]
         if len(set(ids)) != len(ids):
             raise ValueError(f"model ids must be unique, got {ids}")
-        for name in ("max_batch_size", "max_queue_size", "max_upload_bytes"):
+        for name in ("max_batch_size", "max_queue_size", "max_upload_bytes", "max_decoded_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_queue_delay_ms < 0:
             raise ValueError("max_queue_delay_ms must not be negative")
+        if self.max_audio_seconds <= 0:
+            raise ValueError("max_audio_seconds must be positive")
 
     def scheduler_config(self, model: CatalogModel) -> SchedulerConfig:
         def pick(own: Any, default: Any) -> Any:

@@ -1,15 +1,26 @@
-"""From an uploaded file to a transcript: decode, cut into windows, batch, join.
+"""From an uploaded file to a transcript: decode, find the speech, batch, retry, join.
 
 The service sits between a route and a model's scheduler. Decoding and voice
 activity detection run in a thread off the event loop; every window then goes
 through the scheduler, where it may share a batch with other requests' windows;
-the results are put back together in file order.
+the results come back in file order, as a whole or window by window (streaming).
+
+Temperature fallback is decided here, per window, after the batch: a window
+whose text looks like a repetition loop (compression ratio over 2.4) or that the
+model was unsure of (average log-probability under -1) is submitted again, on
+its own, at the next temperature of Whisper's ladder (0.0, 0.2, ... 1.0). It
+joins whatever batch forms at that temperature and never holds back the batch it
+came from. When every temperature fails, Whisper's rule picks the best try; one
+that still looks like a loop while the model says there is probably no speech is
+dropped (the repetition guard), since that is how Whisper hallucinates on noise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from faster_whisper.tokenizer import _LANGUAGE_CODES
@@ -20,33 +31,77 @@ from models.base import (
     DecodingOptions,
     Segment,
     SpeechToTextBackend,
+    Task,
+    TokenLogprob,
     TranscriptionItem,
     WindowTranscript,
+    Word,
 )
-from models.windowing import Window, plan_windows
-from server.audio import decode_audio
+from models.windowing import VadSettings, Window, plan_windows
+from server.audio import AudioLimits, decode_audio
 from server.errors import InvalidRequest
 from server.scheduler import ModelScheduler
 
 SUPPORTED_LANGUAGES = frozenset(_LANGUAGE_CODES)
+TEMPERATURE_LADDER = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+COMPRESSION_RATIO_THRESHOLD = 2.4
+LOG_PROB_THRESHOLD = -1.0
+NO_SPEECH_THRESHOLD = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionJob:
+    """What one request asks for, besides its audio."""
+
+    options: DecodingOptions
+    fallback: bool = True
+    """Climb the temperature ladder on failure (the request's temperature was 0)."""
+    chunking: VadSettings | None = None
+    """Cut at the VAD's speech regions even in short audio (``chunking_strategy``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAudio:
+    """A decoded upload and the windows of it that hold speech."""
+
+    audio: AudioArray
+    windows: list[Window]
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
 
 
 @dataclass(frozen=True, slots=True)
 class Transcript:
     """A whole file's transcript: segments in order, times absolute in the file."""
 
+    task: Task
     language: str
     duration: float
     segments: list[Segment]
 
     @property
     def text(self) -> str:
-        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+        return join_text(self.segments)
+
+    @property
+    def words(self) -> list[Word]:
+        return [word for segment in self.segments for word in segment.words]
+
+    @property
+    def logprobs(self) -> list[TokenLogprob]:
+        return [token for segment in self.segments for token in segment.logprobs]
 
     @property
     def billed_seconds(self) -> int:
         """OpenAI bills and reports whole seconds of input audio."""
         return math.ceil(self.duration)
+
+
+def join_text(segments: Sequence[Segment]) -> str:
+    """Segment texts joined by single spaces; the one rule for whole and streamed text."""
+    return " ".join(s.text.strip() for s in segments if s.text.strip())
 
 
 class TranscriptionService:
@@ -58,15 +113,23 @@ class TranscriptionService:
         backend: SpeechToTextBackend,
         scheduler: ModelScheduler[TranscriptionItem, WindowTranscript],
         *,
-        max_audio_seconds: float,
+        limits: AudioLimits,
     ) -> None:
         self.model_id = model_id
         self.backend = backend
         self.scheduler = scheduler
-        self.max_audio_seconds = max_audio_seconds
+        self.limits = limits
+        self.fallbacks = 0
+        """Windows submitted again at a higher temperature, since start-up."""
 
     def check(self, options: DecodingOptions) -> None:
         """Refuse options the model cannot honour, before any work is done."""
+        if options.task == "translate" and not self.backend.multilingual:
+            raise InvalidRequest(
+                f"Model '{self.model_id}' is English-only and cannot translate; "
+                "use a multilingual model.",
+                param="model",
+            )
         language = options.language
         if language is None:
             return
@@ -81,27 +144,53 @@ class TranscriptionService:
                 param="language",
             )
 
-    async def transcribe(self, upload: bytes, options: DecodingOptions) -> Transcript:
-        audio, windows = await asyncio.to_thread(self._prepare, upload)
+    async def prepare(
+        self, upload: bytes, filename: str | None, chunking: VadSettings | None = None
+    ) -> PreparedAudio:
+        """Decode and find the speech, in a worker thread: every 400 about the file is here."""
+        return await asyncio.to_thread(self._prepare, upload, filename, chunking)
+
+    def _prepare(
+        self, upload: bytes, filename: str | None, chunking: VadSettings | None
+    ) -> PreparedAudio:
+        audio = decode_audio(upload, self.limits, filename)
+        return PreparedAudio(audio, plan_windows(audio, self.backend.window_seconds, chunking))
+
+    async def transcribe(self, prepared: PreparedAudio, job: TranscriptionJob) -> Transcript:
+        windows = [window async for window in self.windows(prepared, job)]
+        return self.transcript(prepared, job, windows)
+
+    def transcript(
+        self, prepared: PreparedAudio, job: TranscriptionJob, windows: Sequence[WindowTranscript]
+    ) -> Transcript:
+        """The file's transcript from its windows' results, in order."""
+        spoken = [w for w in windows if w.segments]
+        language = spoken[0].language if spoken else (job.options.language or "en")
+        segments = in_order([s for w in windows for s in w.segments], prepared.duration)
+        return Transcript(job.options.task, language, prepared.duration, segments)
+
+    async def windows(
+        self, prepared: PreparedAudio, job: TranscriptionJob
+    ) -> AsyncIterator[WindowTranscript]:
+        """Every window's result in file order, each as soon as it and those before are done.
+
+        All windows are queued at once (they batch with each other and with other
+        requests); leaving early, or failing, withdraws the ones not yet computed.
+        """
         tasks = [
-            asyncio.ensure_future(self._transcribe_window(audio, window, options))
-            for window in windows
+            asyncio.ensure_future(self._transcribe_window(prepared.audio, window, job))
+            for window in prepared.windows
         ]
         try:
-            results = await asyncio.gather(*tasks)
-        finally:  # one window failed, or the request went away: withdraw the others
+            for task in tasks:
+                yield await task
+        finally:
             for task in tasks:
                 task.cancel()
-        language = results[0][0].language if results else (options.language or "en")
-        return Transcript(
-            language=language,
-            duration=len(audio) / SAMPLE_RATE,
-            segments=[s for passes in results for result in passes for s in result.segments],
-        )
 
     async def _transcribe_window(
-        self, audio: AudioArray, window: Window, options: DecodingOptions
-    ) -> list[WindowTranscript]:
+        self, audio: AudioArray, window: Window, job: TranscriptionJob
+    ) -> WindowTranscript:
         """One window, and the rest of it again each time the model asks to resume.
 
         Every pass goes through the scheduler on its own, so a window that needs
@@ -110,13 +199,79 @@ class TranscriptionService:
         passes: list[WindowTranscript] = []
         start = window.start
         while True:
-            item = TranscriptionItem(audio[start : window.end], start / SAMPLE_RATE, options)
-            (result,) = await self.scheduler.run([item])
+            item = TranscriptionItem(audio[start : window.end], start / SAMPLE_RATE, job.options)
+            result = await self._decode(item, job.fallback)
             passes.append(result)
             if result.resume_at is None:
-                return passes
+                break
             start = max(start + 1, round(result.resume_at * SAMPLE_RATE))
+        return dataclasses.replace(
+            passes[0], segments=[s for p in passes for s in p.segments], resume_at=None
+        )
 
-    def _prepare(self, upload: bytes) -> tuple[AudioArray, list[Window]]:
-        audio = decode_audio(upload, max_seconds=self.max_audio_seconds)
-        return audio, plan_windows(audio, self.backend.window_seconds)
+    async def _decode(self, item: TranscriptionItem, fallback: bool) -> WindowTranscript:
+        """One pass at the item's temperature, or up Whisper's ladder until one is good."""
+        if not fallback:
+            (result,) = await self.scheduler.run([item])
+            return result
+        tries: list[WindowTranscript] = []
+        for temperature in TEMPERATURE_LADDER:
+            options = dataclasses.replace(item.options, temperature=temperature)
+            (result,) = await self.scheduler.run([dataclasses.replace(item, options=options)])
+            if not needs_fallback(result):
+                return result
+            tries.append(result)
+            self.fallbacks += 1
+        return best_of_failed(tries)
+
+
+def needs_fallback(result: WindowTranscript) -> bool:
+    """Whisper's rule: a loop or an unsure decode is tried again, hotter; silence is not."""
+    if result.silent or not result.segments:
+        return False
+    return (
+        result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+        or result.avg_logprob < LOG_PROB_THRESHOLD
+    )
+
+
+def best_of_failed(tries: Sequence[WindowTranscript]) -> WindowTranscript:
+    """faster-whisper's pick among failed tries, then the repetition guard."""
+    not_looping = [t for t in tries if t.compression_ratio <= COMPRESSION_RATIO_THRESHOLD]
+    best = max(not_looping or tries, key=lambda t: t.avg_logprob)
+    looping = best.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+    if looping and best.no_speech_prob > NO_SPEECH_THRESHOLD:
+        return dataclasses.replace(best, segments=[], silent=True, resume_at=None)
+    return best
+
+
+def in_order(segments: Sequence[Segment], duration: float) -> list[Segment]:
+    """Segments with times that never go back and stay inside the file.
+
+    Whisper's timestamps are nearly always in order already; this makes it a
+    guarantee (a clamp, never a reorder), words included.
+    """
+    ordered: list[Segment] = []
+    previous_end = 0.0
+    for segment in segments:
+        start = min(max(segment.start, previous_end), duration)
+        end = min(max(segment.end, start), duration)
+        words = _words_in(segment.words, start, end)
+        if (start, end, words) != (segment.start, segment.end, segment.words):
+            segment = dataclasses.replace(segment, start=start, end=end, words=words)
+        ordered.append(segment)
+        previous_end = end
+    return ordered
+
+
+def _words_in(words: Sequence[Word], start: float, end: float) -> tuple[Word, ...]:
+    out: list[Word] = []
+    previous = start
+    for word in words:
+        w_start = min(max(word.start, previous), end)
+        w_end = min(max(word.end, w_start), end)
+        if (w_start, w_end) != (word.start, word.end):
+            word = dataclasses.replace(word, start=w_start, end=w_end)
+        out.append(word)
+        previous = w_end
+    return tuple(out)

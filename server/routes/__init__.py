@@ -4,9 +4,11 @@ from server.routes.health import health, metrics, ready
 from server.routes.models import get_model, list_models
 from server.routes.speech import create_speech, list_voices
 from server.routes.transcriptions import create_transcription
+from server.routes.translations import create_translation
 
 ROUTES = [
     create_transcription,
+    create_translation,
     create_speech,
     list_voices,
     list_models,

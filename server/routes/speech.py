@@ -26,7 +26,7 @@ from litestar.response import Stream
 
 from models.base import AudioArray
 from server.encoding import CONTENT_TYPES, StreamEncoder
-from server.errors import InternalError, ModelNotFound, VoxserveError
+from server.errors import InternalError, ModelNotFound, VoxserveError, sse_error
 from server.forms import decode_json
 from server.protocol import (
     ModelVoices,
@@ -37,6 +37,7 @@ from server.protocol import (
     SpeechUsage,
     VoiceInfo,
     VoiceList,
+    sse_event,
 )
 from server.runtime import runtime
 
@@ -110,17 +111,13 @@ async def _sse(encoded: AsyncIterator[tuple[bytes, int]], usage: _Usage) -> Asyn
         async for chunk, samples in encoded:
             usage.samples += samples
             if chunk:
-                yield _event(SpeechAudioDelta(base64.b64encode(chunk).decode()))
+                yield sse_event(SpeechAudioDelta(base64.b64encode(chunk).decode()))
     except Exception as exc:  # the status line is gone; say what happened in the stream
         error = exc if isinstance(exc, VoxserveError) else InternalError("Synthesis failed.")
         logger.warning("speech stream failed: %s", error.message)
-        yield _event({"type": "error", **msgspec.to_builtins(error.envelope())})
+        yield sse_error(error)
         return
-    yield _event(SpeechAudioDone(usage.report()))
-
-
-def _event(event: msgspec.Struct | dict[str, Any]) -> bytes:
-    return b"data: " + msgspec.json.encode(event) + b"\n\n"
+    yield sse_event(SpeechAudioDone(usage.report()))
 
 
 @get("/v1/audio/voices")

@@ -1,0 +1,25 @@
+"""``POST /v1/audio/translations``: speech in any language, English text out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, post
+
+from models.base import DecodingOptions
+from server.formats import RenderOptions
+from server.forms import parse_form
+from server.protocol import TranslationForm
+from server.routes.stt import run_job
+from server.runtime import runtime
+from server.transcription import TranscriptionJob
+
+
+@post("/v1/audio/translations", status_code=200)
+async def create_translation(request: Request[Any, Any, Any]) -> Response[bytes]:
+    upload, form = parse_form(await request.form(), TranslationForm)
+    service = runtime(request).transcriber(form.model)
+    options = DecodingOptions(prompt=form.prompt, temperature=form.temperature, task="translate")
+    service.check(options)
+    job = TranscriptionJob(options, fallback=form.temperature == 0)
+    return await run_job(request, service, upload, job, form.response_format, RenderOptions())
