@@ -56,6 +56,7 @@ async def _start_models(state: Runtime) -> None:
             backend,
             scheduler,
             limits=AudioLimits(settings.max_audio_seconds, settings.max_decoded_bytes),
+            observer=state.metrics,
         )
         logger.info("model %s loaded (%s, %s)", entry.id, spec.weights, scheduler.config)
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the schedulers: batch sizes, queue wait, inference time.
+"""Prometheus metrics of the schedulers (batch sizes, queue wait, inference time) and of
+transcription (temperature fallbacks).
 
 Each app owns its registry (not the process-global one), so several apps in one
 process, as in the tests, do not collide.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
@@ -41,6 +42,16 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+
+        self.fallbacks = Counter(
+            "voxserve_transcription_fallbacks",
+            "Whisper windows decoded again at a higher temperature.",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def fallback(self, model: str) -> None:
+        self.fallbacks.labels(model).inc()
 
     def watch_queue(self, model: str, depth: Callable[[], float]) -> None:
         self.queue_depth.labels(model).set_function(depth)

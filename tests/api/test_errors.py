@@ -35,6 +35,8 @@ def assert_error(response: httpx.Response, status: int, param: str | None, says:
 
 
 SILENT_HEADER_ONLY = wav_bytes(np.zeros(0, dtype=np.int16), 16_000)
+WAV = {"file": ("a.wav", b"RIFF")}
+VAD_THRESHOLD_2 = {"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "2"}
 
 
 @pytest.mark.parametrize(
@@ -52,7 +54,16 @@ SILENT_HEADER_ONLY = wav_bytes(np.zeros(0, dtype=np.int16), 16_000)
         ({"file": ("a.wav", b"RIFF")}, {"language": "fr"}, 400, "language", "English-only"),
         ({"file": ("a.wav", b"RIFF")}, {"language": "xx"}, 400, "language", "ISO-639-1"),
         ({"file": ("a.wav", b"RIFF")}, {"speed": "1"}, 400, "speed", "unknown field"),
-        ({"file": ("a.wav", b"RIFF")}, {"stream": "true"}, 400, "stream", "not supported"),
+        (WAV, {"stream": "true", "response_format": "srt"}, 400, "stream", "'json' or 'text'"),
+        (WAV, {"timestamp_granularities[]": "word"}, 400, "timestamp_granularities", "verbose"),
+        (WAV, {"timestamp_granularities[]": "phoneme"}, 400, "timestamp_granularities", ""),
+        (WAV, {"include[]": "logprobs", "response_format": "text"}, 400, "include", "'json'"),
+        (WAV, {"chunking_strategy": "manual"}, 400, "chunking_strategy", ""),
+        (WAV, VAD_THRESHOLD_2, 400, "chunking_strategy.threshold", "<= 1.0"),
+        (WAV, {"chunking_strategy[type]": "client_vad"}, 400, "chunking_strategy.type", ""),
+        ({"file": ("notes.txt", b"hello")}, {}, 400, "file", "flac, m4a, mp3"),
+        ({"file": ("a.aiff", b"FORM")}, {}, 400, "file", "Unsupported file type '.aiff'"),
+        ({"file": ("a.flac", SILENT_HEADER_ONLY)}, {}, 400, "file", "not what its name says"),
     ],
 )
 def test_bad_input_is_a_clear_4xx(

@@ -5,7 +5,7 @@ import pytest
 
 from models.registry import ModelSpec, build_backend
 from models.whisper_ct2 import WhisperCT2Backend
-from server.audio import decode_audio
+from server.audio import AudioLimits, decode_audio
 
 
 @pytest.fixture(scope="session")
@@ -17,4 +17,4 @@ def whisper() -> WhisperCT2Backend:
 
 
 def to_16k(wav: bytes) -> np.ndarray:
-    return decode_audio(wav, max_seconds=3600)
+    return decode_audio(wav, AudioLimits(max_seconds=3600, max_decoded_bytes=1 << 32))

@@ -1,0 +1,365 @@
+"""decode_audio: the right samples for honest files, a fast and cheap refusal for the rest.
+
+Every file here is made in the test, with PyAV or the stdlib ``wave`` module or as
+raw bytes, so each one is exactly what its test says it is: a tone of known length
+and pitch, hours of digital silence in a few kilobytes of FLAC, a header that lies.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import struct
+import time
+import tracemalloc
+import wave
+from collections.abc import Callable, Iterable, Iterator
+
+import av
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from server.audio import AudioLimits, decode_audio
+from server.errors import InvalidAudio
+
+OUT_RATE = 16_000
+DEFAULT = AudioLimits(4 * 3600, 8 << 30)
+"""The server's defaults: four hours, 8 GiB out of the decoder."""
+TEN_HOURS = 10 * 3600
+SUPPORTED = "flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, wav, webm"
+FLAC_MAX_BLOCK = 65_535
+"""FLAC's largest block: ten hours of 8 kHz silence in about 70 kB."""
+PEAK_BYTES_ALLOWED = 50 << 20
+"""What refusing a huge file may allocate; decoding four hours would allocate ~920 MB."""
+
+Samples = npt.NDArray[np.float32]
+
+
+def tone(seconds: float, rate: int, hz: float = 440.0, amplitude: float = 0.5) -> Samples:
+    t = np.arange(round(seconds * rate), dtype=np.float64) / rate
+    return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def chunks(samples: Samples, size: int = 4096) -> Iterator[Samples]:
+    for start in range(0, len(samples), size):
+        yield samples[start : start + size]
+
+
+def encode(
+    container_format: str,
+    codec: str,
+    rate: int,
+    parts: Iterable[Samples],
+    options: dict[str, str] | None = None,
+) -> bytes:
+    """Mono float ``parts`` encoded by PyAV (FLAC as 16-bit) into one in-memory file."""
+    sample_format = {"flac": "s16", "libmp3lame": "fltp", "libopus": "flt"}[codec]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono", options=options or {})
+        assert isinstance(stream, av.AudioStream)
+        pts = 0
+        for part in parts:
+            array: npt.NDArray[np.float32] | npt.NDArray[np.int16] = part
+            if sample_format == "s16":
+                array = np.round(part * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(
+                array.reshape(1, -1), format=sample_format, layout="mono"
+            )
+            frame.sample_rate = rate
+            frame.pts = pts
+            pts += len(part)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def silent_flac(seconds: int, rate: int = 8_000) -> bytes:
+    """Exactly ``seconds`` of digital silence, in FLAC's largest blocks."""
+    whole, rest = divmod(seconds * rate, FLAC_MAX_BLOCK)
+    parts = itertools.chain(
+        itertools.repeat(np.zeros(FLAC_MAX_BLOCK, dtype=np.float32), whole),
+        [np.zeros(rest, dtype=np.float32)] if rest else [],
+    )
+    return encode("flac", "flac", rate, parts, {"frame_size": str(FLAC_MAX_BLOCK)})
+
+
+def without_total_samples(flac: bytes) -> bytes:
+    """The FLAC with STREAMINFO's 36-bit total-samples field zeroed: it declares no length.
+
+    'fLaC', the 4-byte block header, then min/max block size (2+2) and min/max frame
+    size (3+3); the next 8 bytes are rate (20 bits), channels (3), bits (5), total (36).
+    """
+    assert flac[:4] == b"fLaC"
+    at = 4 + 4 + 10
+    packed = int.from_bytes(flac[at : at + 8], "big") & ~((1 << 36) - 1)
+    return flac[:at] + packed.to_bytes(8, "big") + flac[at + 8 :]
+
+
+def wav_file(samples: Samples, rate: int, channels: int = 1) -> bytes:
+    """16-bit PCM by the stdlib; ``samples`` interleaved when ``channels`` > 1."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.round(samples * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def forged_wav(rate: int, channels: int, frames: int = 1_000) -> bytes:
+    """A PCM WAV written byte by byte, so its header can claim anything."""
+    block_align = 2 * channels
+    fmt = struct.pack(
+        "<4sIHHIIHH",
+        b"fmt ",
+        16,
+        1,  # PCM
+        channels,
+        rate,
+        (rate * block_align) & 0xFFFF_FFFF,
+        block_align,
+        16,
+    )
+    data = struct.pack("<4sI", b"data", frames * block_align) + bytes(frames * block_align)
+    body = b"WAVE" + fmt + data
+    return struct.pack("<4sI", b"RIFF", len(body)) + body
+
+
+def peak_hz(samples: Samples, rate: int = OUT_RATE) -> float:
+    spectrum = np.abs(np.fft.rfft(samples))
+    return float(np.argmax(spectrum) * rate / len(samples))
+
+
+def rms(samples: Samples) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+
+
+def refused(data: bytes, limits: AudioLimits = DEFAULT, filename: str | None = None) -> str:
+    """The message ``decode_audio`` refuses ``data`` with (any other outcome fails)."""
+    with pytest.raises(InvalidAudio) as refusal:
+        decode_audio(data, limits, filename)
+    assert refusal.value.param == "file"
+    assert refusal.value.status_code == 400
+    return refusal.value.message
+
+
+def refused_cheaply(data: bytes, limits: AudioLimits) -> tuple[str, float, int]:
+    """The refusal's message, its wall time and the peak of traced allocations (numpy's too)."""
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        message = refused(data, limits, "long.flac")
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return message, elapsed, peak
+
+
+@pytest.fixture(scope="module")
+def ten_hours_flac() -> bytes:
+    return silent_flac(TEN_HOURS)
+
+
+# -- honest files come back as the same sound at 16 kHz ------------------------------------
+
+SECONDS = 3.0
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "slack_ms"),
+    [
+        ("tone.wav", lambda: wav_file(tone(SECONDS, 22_050), 22_050), 3),
+        ("tone.flac", lambda: encode("flac", "flac", 44_100, chunks(tone(SECONDS, 44_100))), 3),
+        (
+            "tone.mp3",
+            lambda: encode("mp3", "libmp3lame", 24_000, chunks(tone(SECONDS, 24_000))),
+            50,  # the encoder's priming and padding
+        ),
+        (
+            "tone.ogg",
+            lambda: encode("ogg", "libopus", 48_000, chunks(tone(SECONDS, 48_000))),
+            5,
+        ),
+    ],
+)
+def test_a_normal_file_round_trips_at_16_khz(
+    name: str, make: Callable[[], bytes], slack_ms: int
+) -> None:
+    audio = decode_audio(make(), DEFAULT, name)
+    assert audio.dtype == np.float32
+    assert audio.ndim == 1
+    assert abs(len(audio) - SECONDS * OUT_RATE) <= slack_ms * OUT_RATE / 1000, len(audio)
+    assert peak_hz(audio) == pytest.approx(440, abs=2)  # same pitch: resampled, not relabelled
+    assert rms(audio) == pytest.approx(0.5 / np.sqrt(2), rel=0.05)  # same loudness, in [-1, 1]
+
+
+def test_stereo_is_mixed_down_to_one_channel_of_the_right_length() -> None:
+    left = tone(2.0, 48_000, hz=440)
+    right = tone(2.0, 48_000, hz=1_000)
+    interleaved = np.stack([left, right], axis=1).reshape(-1)
+    audio = decode_audio(wav_file(interleaved, 48_000, channels=2), DEFAULT, "stereo.wav")
+    assert len(audio) == 2 * OUT_RATE
+    spectrum = np.abs(np.fft.rfft(audio))
+    hz = np.fft.rfftfreq(len(audio), 1 / OUT_RATE)
+    both = spectrum[np.isclose(hz, 440)][0], spectrum[np.isclose(hz, 1_000)][0]
+    assert min(both) > 0.5 * max(both)  # each channel is in the mix, neither dominates
+
+
+# -- a small file that claims hours is refused before it costs anything --------------------
+
+
+def test_ten_hours_declared_is_refused_fast_and_small(ten_hours_flac: bytes) -> None:
+    assert len(ten_hours_flac) < 500_000
+    with av.open(io.BytesIO(ten_hours_flac), mode="r") as container:
+        assert container.duration is not None
+        assert container.duration / 1e6 >= TEN_HOURS
+    message, elapsed, peak = refused_cheaply(ten_hours_flac, DEFAULT)
+    assert "14400 seconds" in message
+    assert elapsed < 2.0
+    assert peak < PEAK_BYTES_ALLOWED, f"{peak / 1e6:.0f} MB traced"
+
+
+def test_ten_hours_declaring_nothing_is_refused_by_its_packets(ten_hours_flac: bytes) -> None:
+    silent = without_total_samples(ten_hours_flac)
+    with av.open(io.BytesIO(silent), mode="r") as container:
+        assert container.duration is None  # nothing for a header check to see
+    message, elapsed, peak = refused_cheaply(silent, DEFAULT)
+    assert "14400 seconds" in message
+    assert elapsed < 2.0
+    assert peak < PEAK_BYTES_ALLOWED, f"{peak / 1e6:.0f} MB traced"
+
+
+def test_declaring_nothing_is_no_way_past_a_small_limit() -> None:
+    silent = without_total_samples(silent_flac(60))
+    assert len(decode_audio(silent, AudioLimits(61, 8 << 30), "a.flac")) == 60 * OUT_RATE
+    assert "at most 59 seconds" in refused(silent, AudioLimits(59, 8 << 30), "a.flac")
+
+
+def test_a_file_over_a_small_limit_is_refused() -> None:
+    twenty = wav_file(tone(20.0, 8_000), 8_000)
+    message = refused(twenty, AudioLimits(5, 8 << 30), "twenty.wav")
+    assert "at most 5 seconds" in message
+    assert "20 seconds" in message
+    assert len(decode_audio(twenty, AudioLimits(21, 8 << 30), "twenty.wav")) == 20 * OUT_RATE
+
+
+# -- headers that claim what no microphone produces -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "says"),
+    [
+        (2_000_000_000, 1, "sample rate of 2000000000 Hz"),
+        (500_000, 1, "sample rate of 500000 Hz"),
+        (384_001, 1, "sample rate of 384001 Hz"),
+        (999, 1, "sample rate of 999 Hz"),
+        (16_000, 64, "64 channels"),
+        (16_000, 33, "33 channels"),
+    ],
+)
+def test_a_forged_header_is_refused_quickly(rate: int, channels: int, says: str) -> None:
+    started = time.perf_counter()
+    message = refused(forged_wav(rate, channels), DEFAULT, "forged.wav")
+    assert time.perf_counter() - started < 0.5
+    assert says in message
+
+
+@pytest.mark.parametrize("rate", [1_000, 384_000])
+def test_the_extreme_rates_allowed_are_decoded(rate: int) -> None:
+    frames = rate // 10  # 0.1 s
+    audio = decode_audio(forged_wav(rate, 1, frames=frames), DEFAULT, "edge.wav")
+    assert abs(len(audio) - OUT_RATE // 10) <= 2
+
+
+# -- the decoder's output is capped in bytes -------------------------------------------------
+
+STEREO_10_S = 10 * 48_000 * 2 * 2
+"""Ten seconds of 48 kHz stereo s16: what the decoder produces for the file below."""
+
+
+@pytest.fixture(scope="module")
+def stereo_48k() -> bytes:
+    left = tone(10.0, 48_000)
+    return wav_file(np.stack([left, left], axis=1).reshape(-1), 48_000, channels=2)
+
+
+def test_max_decoded_bytes_stops_decoding(stereo_48k: bytes) -> None:
+    message = refused(stereo_48k, AudioLimits(3600, 1_000_000), "stereo.wav")
+    assert "1000000 bytes" in message
+
+
+def test_max_decoded_bytes_counts_native_rate_channels_and_sample_size(stereo_48k: bytes) -> None:
+    audio = decode_audio(stereo_48k, AudioLimits(3600, STEREO_10_S), "stereo.wav")
+    assert len(audio) == 10 * OUT_RATE
+    assert "bytes" in refused(stereo_48k, AudioLimits(3600, STEREO_10_S - 1), "stereo.wav")
+    assert len(decode_audio(stereo_48k, AudioLimits(3600, 8 << 30), "stereo.wav")) == len(audio)
+
+
+# -- the name must be one of OpenAI's, and match the content --------------------------------
+
+WAV_1S = wav_file(tone(1.0, 16_000), 16_000)
+
+
+@pytest.mark.parametrize("filename", ["notes.txt", "song.aiff", "archive.tar.gz"])
+def test_an_unsupported_extension_is_refused_with_the_list(filename: str) -> None:
+    message = refused(WAV_1S, DEFAULT, filename)
+    assert SUPPORTED in message
+    assert f"'.{filename.rsplit('.', 1)[1]}'" in message
+
+
+@pytest.mark.parametrize("filename", [None, "", "recording", "speech.WAV", "Speech.Wav", ".wav"])
+def test_no_extension_goes_by_content_and_case_does_not_matter(filename: str | None) -> None:
+    assert len(decode_audio(WAV_1S, DEFAULT, filename)) == OUT_RATE
+
+
+@pytest.mark.parametrize("filename", ["speech.mp3", "speech.flac", "speech.ogg", "speech.webm"])
+def test_a_wav_under_another_name_is_refused(filename: str) -> None:
+    assert "not what its name says" in refused(WAV_1S, DEFAULT, filename)
+
+
+@pytest.fixture(scope="module")
+def mp3_1s() -> bytes:
+    return encode("mp3", "libmp3lame", 16_000, chunks(tone(1.0, 16_000)))
+
+
+@pytest.mark.parametrize("filename", ["a.mp3", "a.mpga", "a.mpeg"])
+def test_every_name_openai_gives_mp3_is_accepted(mp3_1s: bytes, filename: str) -> None:
+    assert abs(len(decode_audio(mp3_1s, DEFAULT, filename)) - OUT_RATE) <= 0.05 * OUT_RATE
+
+
+def test_ogg_is_accepted_as_oga_and_flac_is_not_ogg() -> None:
+    ogg = encode("ogg", "libopus", 48_000, chunks(tone(1.0, 48_000)))
+    assert abs(len(decode_audio(ogg, DEFAULT, "a.oga")) - OUT_RATE) <= 80
+    flac = encode("flac", "flac", 16_000, chunks(tone(1.0, 16_000)))
+    assert "not what its name says" in refused(flac, DEFAULT, "a.ogg")
+
+
+# -- whatever the bytes, the answer is InvalidAudio -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "filename", "says"),
+    [
+        (b"", "empty.wav", "empty"),
+        (b"", None, "empty"),
+        (np.random.default_rng(0).bytes(20_000), "noise.mp3", "could not be decoded"),
+        (np.random.default_rng(1).bytes(20_000), None, ""),
+        (WAV_1S[:12], "cut.wav", ""),
+        (WAV_1S[:30], "cut.wav", ""),
+        (WAV_1S[:44], "cut.wav", "no audio samples"),
+        (b"fLaC" + bytes(10), "cut.flac", ""),
+        (b"OggS" + bytes(40), "cut.ogg", ""),
+        (b"ID3\x04\x00\x00\x00\x00\x00\x10", "cut.mp3", ""),
+        (b"\x1a\x45\xdf\xa3" + bytes(20), "cut.webm", ""),
+        (b"RIFF\xff\xff\xff\xffWAVEfmt ", "cut.wav", ""),
+    ],
+)
+def test_garbage_and_truncated_headers_are_invalid_audio(
+    data: bytes, filename: str | None, says: str
+) -> None:
+    assert says in refused(data, DEFAULT, filename)
