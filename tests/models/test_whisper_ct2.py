@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from models.alignment import token_bytes
 from models.base import DecodingOptions, TranscriptionItem
 from models.whisper_ct2 import WhisperCT2Backend, split_at_timestamps
 from tests.models.conftest import to_16k
@@ -89,3 +91,63 @@ def test_a_window_that_ends_on_a_timestamp_pair_asks_to_be_read_again() -> None:
     # ends the window instead: no endless passes.
     assert split_at_timestamps([ts, 1, ts + 25, ts + 25], ts, duration=9.0)[1] is None
     assert split_at_timestamps([ts, 1, ts + 440, ts + 440], ts, duration=8.9)[1] is None
+
+
+def test_word_timings_and_logprobs_do_not_depend_on_the_batch(
+    whisper: WhisperCT2Backend, sentence_wavs: list[bytes]
+) -> None:
+    asking = DecodingOptions(word_timestamps=True, token_logprobs=True)
+    target = TranscriptionItem(to_16k(sentence_wavs[1]), offset=40.0, options=asking)
+    others = [TranscriptionItem(to_16k(w)) for w in sentence_wavs[2:5]]
+    (alone,) = whisper.transcribe_batch([target])
+    mixed = whisper.transcribe_batch([others[0], target, *others[1:]])
+    assert mixed[1].segments == alone.segments
+    assert all(not s.words and not s.logprobs for r in mixed[::2] for s in r.segments)
+    words = [w for s in alone.segments for w in s.words]
+    assert "".join(w.word for w in words).strip() == alone.text
+    assert words[0].start >= 40.0 and words[-1].end <= 40.0 + len(target.audio) / 16_000
+    tokens = [t for s in alone.segments for t in s.logprobs]
+    assert [t for s in alone.segments for t in s.tokens] == [
+        whisper.model.hf_tokenizer.token_to_id(whisper.model.hf_tokenizer.id_to_token(t))
+        for s in alone.segments
+        for t in s.tokens
+    ]
+    assert len(tokens) == sum(len(s.tokens) for s in alone.segments)
+    assert all(t.logprob <= 0 for t in tokens)
+
+
+def test_only_word_timestamps_leaves_logprobs_empty_and_the_reverse(
+    whisper: WhisperCT2Backend, sentence_wavs: list[bytes]
+) -> None:
+    audio = to_16k(sentence_wavs[0])
+    only_words, only_tokens = whisper.transcribe_batch(
+        [
+            TranscriptionItem(audio, options=DecodingOptions(word_timestamps=True)),
+            TranscriptionItem(audio, options=DecodingOptions(token_logprobs=True)),
+        ]
+    )
+    assert only_words.segments[0].words and not only_words.segments[0].logprobs
+    assert only_tokens.segments[0].logprobs and not only_tokens.segments[0].words
+
+
+def test_each_window_reports_the_measures_a_fallback_policy_reads(
+    whisper: WhisperCT2Backend, sentence_wavs: list[bytes]
+) -> None:
+    (speech,) = whisper.transcribe_batch(
+        [TranscriptionItem(to_16k(sentence_wavs[0]), options=DecodingOptions(temperature=0.2))]
+    )
+    assert speech.temperature == 0.2 and not speech.silent
+    assert -1.0 < speech.avg_logprob < 0 and 0.5 < speech.compression_ratio < 2.4
+    assert all(s.temperature == 0.2 for s in speech.segments)
+    (silence,) = whisper.transcribe_batch([TranscriptionItem(np.zeros(16_000 * 5, np.float32))])
+    # The model knows it heard nothing, and still says "You" with confidence, so
+    # Whisper's rule keeps it: why the server asks the VAD before the model.
+    assert silence.no_speech_prob > 0.6 and not speech.no_speech_prob > 0.6
+
+
+def test_token_bytes_are_the_utf8_pieces_of_the_text(whisper: WhisperCT2Backend) -> None:
+    tokenizer = whisper._tokenizer("transcribe", "en")
+    for text in (" naïve café", " 東京", " emoji 🎉"):
+        tokens = tokenizer.encode(text)
+        pieces = [token_bytes(tokenizer, t) for t in tokens]
+        assert b"".join(pieces).decode() == text

@@ -52,11 +52,14 @@ def encode(
     rate: int,
     parts: Iterable[Samples],
     options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
 ) -> bytes:
     """Mono float ``parts`` encoded by PyAV (FLAC as 16-bit) into one in-memory file."""
-    sample_format = {"flac": "s16", "libmp3lame": "fltp", "libopus": "flt"}[codec]
+    sample_format = {"flac": "s16", "libmp3lame": "fltp", "libopus": "flt", "aac": "fltp"}[codec]
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format=container_format) as container:
+    with av.open(
+        buffer, "w", format=container_format, options=container_options or {}
+    ) as container:
         stream = container.add_stream(codec, rate=rate, layout="mono", options=options or {})
         assert isinstance(stream, av.AudioStream)
         pts = 0
@@ -97,6 +100,26 @@ def without_total_samples(flac: bytes) -> bytes:
     at = 4 + 4 + 10
     packed = int.from_bytes(flac[at : at + 8], "big") & ~((1 << 36) - 1)
     return flac[:at] + packed.to_bytes(8, "big") + flac[at + 8 :]
+
+
+def with_lying_packets(m4a: bytes) -> bytes:
+    """The MP4 with every duration in its boxes (movie, track, media, sample table) set to 1.
+
+    Its header then declares 125 microseconds and its packets sum to a few hundredths
+    of a second, while the AAC inside still decodes to every sample it was made from.
+    Version-0 boxes: size, type, version and flags, then the fields at fixed offsets.
+    """
+    patched = bytearray(m4a)
+    stts = patched.find(b"stts")
+    for entry in range(int.from_bytes(patched[stts + 8 : stts + 12], "big")):
+        delta_at = stts + 16 + 8 * entry  # each entry: sample count, then sample delta
+        patched[delta_at : delta_at + 4] = (1).to_bytes(4, "big")
+    for box, duration_at in ((b"mvhd", 20), (b"tkhd", 24), (b"mdhd", 20)):
+        at = patched.find(box)
+        assert at > 0
+        assert patched[at + 4] == 0  # version 0: 32-bit fields
+        patched[at + duration_at : at + duration_at + 4] = (1).to_bytes(4, "big")
+    return bytes(patched)
 
 
 def wav_file(samples: Samples, rate: int, channels: int = 1) -> bytes:
@@ -240,6 +263,36 @@ def test_declaring_nothing_is_no_way_past_a_small_limit() -> None:
     assert "at most 59 seconds" in refused(silent, AudioLimits(59, 8 << 30), "a.flac")
 
 
+def test_packets_that_lie_are_stopped_while_decoding() -> None:
+    honest = encode(
+        "mp4", "aac", 8_000, chunks(tone(20.0, 8_000)), container_options={"use_editlist": "0"}
+    )
+    lying = with_lying_packets(honest)
+    with av.open(io.BytesIO(lying), mode="r") as container:
+        assert (container.duration or 0) < 1_000_000  # declares under a second
+        packets = sum(
+            float(packet.duration * packet.time_base)
+            for packet in container.demux(audio=0)
+            if packet.duration and packet.time_base
+        )
+    assert packets < 1.0  # and its packets agree
+    assert "at most 5 seconds" in refused(lying, AudioLimits(5, 8 << 30), "lying.m4a")
+    audio = decode_audio(lying, AudioLimits(30, 8 << 30), "lying.m4a")
+    assert 20 * OUT_RATE <= len(audio) <= 20.5 * OUT_RATE  # AAC's priming and padding
+
+
+def test_a_short_file_costs_memory_for_its_length_not_the_limit() -> None:
+    data = wav_file(tone(2.0, 16_000), 16_000)
+    tracemalloc.start()
+    try:
+        audio = decode_audio(data, DEFAULT, "short.wav")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(audio) == 2 * OUT_RATE
+    assert peak < 5 << 20, f"{peak / 1e6:.0f} MB traced"  # 4 h of output would be ~920 MB
+
+
 def test_a_file_over_a_small_limit_is_refused() -> None:
     twenty = wav_file(tone(20.0, 8_000), 8_000)
     message = refused(twenty, AudioLimits(5, 8 << 30), "twenty.wav")
@@ -274,6 +327,16 @@ def test_the_extreme_rates_allowed_are_decoded(rate: int) -> None:
     frames = rate // 10  # 0.1 s
     audio = decode_audio(forged_wav(rate, 1, frames=frames), DEFAULT, "edge.wav")
     assert abs(len(audio) - OUT_RATE // 10) <= 2
+
+
+@pytest.mark.parametrize("channels", [2, 3, 6, 8, 16, 24])
+def test_many_channels_are_mixed_down(channels: int) -> None:
+    one = tone(0.5, 16_000)
+    interleaved = np.repeat(one, channels)
+    audio = decode_audio(wav_file(interleaved, 16_000, channels), DEFAULT, "array.wav")
+    assert len(audio) == OUT_RATE // 2
+    assert peak_hz(audio) == pytest.approx(440, abs=2)
+    assert rms(audio) > 0.05
 
 
 # -- the decoder's output is capped in bytes -------------------------------------------------
