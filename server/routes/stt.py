@@ -45,8 +45,7 @@ def vad_settings(strategy: str | ServerVad | None) -> VadSettings | None:
     """``chunking_strategy`` onto the VAD: ``auto`` is ``server_vad`` with its defaults."""
     if strategy is None:
         return None
-    vad = ServerVad(type="server_vad") if strategy == "auto" else strategy
-    assert isinstance(vad, ServerVad)
+    vad = strategy if isinstance(strategy, ServerVad) else ServerVad(type="server_vad")
     return VadSettings(
         threshold=vad.threshold,
         min_silence_ms=vad.silence_duration_ms,
