@@ -99,6 +99,11 @@ def _check_container(data: bytes, allowed: frozenset[str], limits: AudioLimits) 
         if not container.streams.audio:
             raise InvalidAudio("The uploaded file has no audio stream.")
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # a codec tag ffmpeg has no decoder for
+            raise InvalidAudio(
+                f"The uploaded file's audio codec is not supported. Supported formats: "
+                f"{SUPPORTED_LIST}."
+            )
         _check_shape(stream.codec_context.sample_rate, stream.codec_context.channels)
         declared = (container.duration or 0) / av.time_base
         _check_seconds(declared, limits, "declares")
@@ -113,7 +118,8 @@ def _check_container(data: bytes, allowed: frozenset[str], limits: AudioLimits) 
 
 def _decode(data: bytes, limits: AudioLimits, expected_seconds: float) -> AudioArray:
     max_samples = int(limits.max_seconds * SAMPLE_RATE)
-    out = _Samples(min(max_samples, int(expected_seconds * SAMPLE_RATE) + SAMPLE_RATE))
+    expected = int(expected_seconds * SAMPLE_RATE) + SAMPLE_RATE
+    out = _Samples(min(max_samples, expected), limit=max_samples + SAMPLE_RATE)
     native_seconds = 0.0
     decoded_bytes = 0
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
@@ -129,6 +135,8 @@ def _decode(data: bytes, limits: AudioLimits, expected_seconds: float) -> AudioA
                     f"The audio decodes to more than the {limits.max_decoded_bytes} bytes "
                     "this server accepts."
                 )
+            if frame.layout.channels[0].name == "NONE":  # no layout ffmpeg can downmix
+                frame = _downmix(frame)
             for resampled in resampler.resample(frame):
                 out.append(resampled.to_ndarray().reshape(-1))
         for resampled in resampler.resample(None):
@@ -136,6 +144,27 @@ def _decode(data: bytes, limits: AudioLimits, expected_seconds: float) -> AudioA
     if not len(out):
         raise InvalidAudio("The uploaded file contains no audio samples.")
     return out.array()[:max_samples]
+
+
+def _downmix(frame: av.AudioFrame) -> av.AudioFrame:
+    """The mean of the channels, as float, for counts with no standard layout (9, 11 ...).
+
+    ffmpeg's resampler needs a named layout to downmix; 10, 12, 16 and 24 channels
+    have one, the counts between do not.
+    """
+    samples = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if not frame.format.is_planar:
+        samples = samples.reshape(-1, channels).T
+    scale = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0}.get(frame.format.name.rstrip("p"))
+    mono = samples.astype(np.float32).mean(axis=0, keepdims=True)
+    if frame.format.name.startswith("u8"):
+        mono -= 128.0
+    if scale:
+        mono /= scale
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono), format="flt", layout="mono")
+    out.sample_rate = frame.sample_rate
+    return out
 
 
 def _check_shape(sample_rate: int | None, channels: int | None) -> None:
@@ -161,9 +190,11 @@ def _check_seconds(seconds: float, limits: AudioLimits, verb: str) -> None:
 class _Samples:
     """A float32 buffer that grows by doubling: one copy at the end, not a list of chunks."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, limit: int) -> None:
         self._buffer = np.empty(max(capacity, SAMPLE_RATE), dtype=np.float32)
         self._size = 0
+        self._limit = limit
+        """Growth stops here: the caller refuses audio longer than this."""
 
     def __len__(self) -> int:
         return self._size
@@ -171,7 +202,7 @@ class _Samples:
     def append(self, samples: np.ndarray) -> None:
         end = self._size + len(samples)
         if end > len(self._buffer):
-            grown = np.empty(max(end, 2 * len(self._buffer)), dtype=np.float32)
+            grown = np.empty(max(end, min(2 * len(self._buffer), self._limit)), np.float32)
             grown[: self._size] = self._buffer[: self._size]
             self._buffer = grown
         self._buffer[self._size : end] = samples

@@ -2,7 +2,7 @@
 
 Every file here is made in the test, with PyAV or the stdlib ``wave`` module or as
 raw bytes, so each one is exactly what its test says it is: a tone of known length
-and pitch, hours of digital silence in a few kilobytes of FLAC, a header that lies.
+and pitch, hours of digital silence in tens of kilobytes of FLAC, a header that lies.
 """
 
 from __future__ import annotations
@@ -209,6 +209,7 @@ SECONDS = 3.0
             5,
         ),
     ],
+    ids=["wav", "flac", "mp3", "ogg-opus"],
 )
 def test_a_normal_file_round_trips_at_16_khz(
     name: str, make: Callable[[], bytes], slack_ms: int
@@ -329,7 +330,7 @@ def test_the_extreme_rates_allowed_are_decoded(rate: int) -> None:
     assert abs(len(audio) - OUT_RATE // 10) <= 2
 
 
-@pytest.mark.parametrize("channels", [2, 3, 6, 8, 16, 24])
+@pytest.mark.parametrize("channels", [2, 3, 6, 8, 9, 11, 16, 24, 32])
 def test_many_channels_are_mixed_down(channels: int) -> None:
     one = tone(0.5, 16_000)
     interleaved = np.repeat(one, channels)
@@ -415,11 +416,27 @@ def test_ogg_is_accepted_as_oga_and_flac_is_not_ogg() -> None:
         (WAV_1S[:12], "cut.wav", ""),
         (WAV_1S[:30], "cut.wav", ""),
         (WAV_1S[:44], "cut.wav", "no audio samples"),
+        (WAV_1S[:20] + b"\x34\x12" + WAV_1S[22:], "odd.wav", "codec is not supported"),
         (b"fLaC" + bytes(10), "cut.flac", ""),
         (b"OggS" + bytes(40), "cut.ogg", ""),
         (b"ID3\x04\x00\x00\x00\x00\x00\x10", "cut.mp3", ""),
         (b"\x1a\x45\xdf\xa3" + bytes(20), "cut.webm", ""),
         (b"RIFF\xff\xff\xff\xffWAVEfmt ", "cut.wav", ""),
+    ],
+    ids=[
+        "empty",
+        "empty-unnamed",
+        "noise-as-mp3",
+        "noise-unnamed",
+        "wav-riff-only",
+        "wav-cut-in-fmt",
+        "wav-header-no-data",
+        "wav-unknown-codec",
+        "flac-cut-streaminfo",
+        "ogg-zeroed-page",
+        "mp3-id3-only",
+        "webm-ebml-only",
+        "wav-claims-4gb",
     ],
 )
 def test_garbage_and_truncated_headers_are_invalid_audio(
