@@ -116,7 +116,12 @@ class WindowTranscript:
 
     @property
     def text(self) -> str:
-        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+        return join_text(self.segments)
+
+
+def join_text(segments: Sequence[Segment]) -> str:
+    """Segment texts joined by single spaces: the one rule for window, file and stream text."""
+    return " ".join(s.text.strip() for s in segments if s.text.strip())
 
 
 class SpeechToTextBackend(Protocol):

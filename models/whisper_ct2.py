@@ -185,12 +185,13 @@ class WhisperCT2Backend:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i in wanted:
             groups.setdefault(tuple(tokenizers[i].sot_sequence), []).append(i)
+        host: np.ndarray | None = None  # the encoder output on the CPU, copied once
         for sot_sequence, members in groups.items():
             features = encoder_output
             if len(members) != len(items):
-                host = encoder_output.to_device(ctranslate2.Device.cpu)
-                rows = np.ascontiguousarray(np.asarray(host)[members])
-                features = ctranslate2.StorageView.from_array(rows)
+                if host is None:
+                    host = np.asarray(encoder_output.to_device(ctranslate2.Device.cpu))
+                features = ctranslate2.StorageView.from_array(np.ascontiguousarray(host[members]))
             results = self.model.model.align(
                 features,
                 list(sot_sequence),

@@ -37,6 +37,7 @@ from models.base import (
     TranscriptionItem,
     WindowTranscript,
     Word,
+    join_text,
 )
 from models.windowing import VadSettings, Window, plan_windows
 from server.audio import AudioLimits, decode_audio
@@ -104,11 +105,6 @@ class Transcript:
     def billed_seconds(self) -> int:
         """OpenAI bills and reports whole seconds of input audio."""
         return math.ceil(self.duration)
-
-
-def join_text(segments: Sequence[Segment]) -> str:
-    """Segment texts joined by single spaces; the one rule for whole and streamed text."""
-    return " ".join(s.text.strip() for s in segments if s.text.strip())
 
 
 class TranscriptionService:

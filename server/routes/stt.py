@@ -25,7 +25,7 @@ from server.protocol import (
     sse_event,
 )
 from server.runtime import runtime
-from server.transcription import TranscriptionJob, TranscriptionService, join_text
+from server.transcription import TranscriptionJob, TranscriptionService
 
 logger = logging.getLogger("voxserve.transcription")
 
@@ -93,7 +93,7 @@ async def stream_events(
         try:
             async for window in service.windows(prepared, job):
                 windows.append(window)
-                text = join_text(window.segments)
+                text = window.text
                 if not text:
                     continue
                 tokens = [t for s in window.segments for t in s.logprobs]

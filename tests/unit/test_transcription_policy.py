@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from models.base import Segment, WindowTranscript, Word
+from models.base import Segment, WindowTranscript, Word, join_text
 from models.windowing import VadSettings
 from server.formats import timestamp
 from server.protocol import ServerVad
 from server.routes.stt import vad_settings
-from server.transcription import best_of_failed, in_order, join_text, needs_fallback
+from server.transcription import best_of_failed, in_order, needs_fallback
 
 
 def _window(**measures: float | bool) -> WindowTranscript:
