@@ -31,6 +31,7 @@ class CatalogModel(ModelSpec, kw_only=True, frozen=True, forbid_unknown_fields=T
     max_batch_size: int | None = None
     max_queue_delay_ms: float | None = None
     max_queue_size: int | None = None
+    max_queue_time: float | None = None
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True):
@@ -39,6 +40,8 @@ class SchedulerConfig(msgspec.Struct, frozen=True):
     max_batch_size: int
     max_queue_delay_ms: float
     max_queue_size: int
+    max_queue_time: float = 30.0
+    """Seconds an item may wait for its batch; past that its request gets 503."""
 
 
 DEFAULT_CATALOG = (CatalogModel(id="whisper-1", weights="embedded:tiny.en"),)
@@ -81,6 +84,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_queue_delay_ms: float = 5.0
     max_queue_size: int = 64
     """Requests admitted per model and not yet answered; the next one gets 429."""
+    max_queue_time: float = 30.0
+    """Seconds a piece of work may wait in a model's queue; past that its request gets
+    503 with ``Retry-After`` (Triton's queue-policy timeout with REJECT)."""
+    max_concurrent_decodes: int = 4
+    """Uploads decoded at once across all models; the rest wait their turn. Bounds the
+    memory and CPU that decoding takes away from the models."""
+
+    api_keys: tuple[str, ...] = ()
+    """Bearer keys that may call the API (``VOXSERVE_API_KEYS``: comma-separated).
+    With none here or in ``api_key_file``, the server is open (and says so at start)."""
+    api_key_file: str | None = None
+    """A file with one key per line (blank lines and ``#`` comments skipped)."""
+    public_paths: tuple[str, ...] = ("/health", "/ready", "/metrics")
+    """Paths served without a key: the probes and the metrics scrape."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed by CORS; empty means CORS is off."""
+
+    drain_seconds: float = 30.0
+    """On SIGTERM: how long work in flight may take to finish before the process exits."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per line, for log collectors."""
 
     max_upload_bytes: int = 26_214_400
     """OpenAI's 25 MiB limit on the ``file`` field."""
@@ -97,11 +121,22 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         ids = [m.id for m in self.models] + [m.id for m in self.speech_models]
         if len(set(ids)) != len(ids):
             raise ValueError(f"model ids must be unique, got {ids}")
-        for name in ("max_batch_size", "max_queue_size", "max_upload_bytes", "max_decoded_bytes"):
+        positive = (
+            "max_batch_size",
+            "max_queue_size",
+            "max_upload_bytes",
+            "max_decoded_bytes",
+            "max_concurrent_decodes",
+        )
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_queue_delay_ms < 0:
             raise ValueError("max_queue_delay_ms must not be negative")
+        if self.max_queue_time <= 0 or self.drain_seconds < 0:
+            raise ValueError("max_queue_time must be positive and drain_seconds not negative")
+        if any(not path.startswith("/") for path in self.public_paths):
+            raise ValueError("public_paths must be absolute paths")
         if self.max_audio_seconds <= 0:
             raise ValueError("max_audio_seconds must be positive")
 
@@ -113,6 +148,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             max_batch_size=pick(model.max_batch_size, self.max_batch_size),
             max_queue_delay_ms=pick(model.max_queue_delay_ms, self.max_queue_delay_ms),
             max_queue_size=pick(model.max_queue_size, self.max_queue_size),
+            max_queue_time=pick(model.max_queue_time, self.max_queue_time),
         )
 
     def model_spec(self, model: CatalogModel) -> ModelSpec:
@@ -130,6 +166,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             max_batch_size=self.max_batch_size,
             max_queue_delay_ms=self.max_queue_delay_ms,
             max_queue_size=self.max_queue_size,
+            max_queue_time=self.max_queue_time,
         )
 
     def engine_spec(self, voice: VoiceSpec) -> EngineSpec:
@@ -176,8 +213,12 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+LIST_SETTINGS = ("api_keys", "public_paths", "cors_origins")
+"""Settings whose environment variable is a comma-separated list."""
+
+
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """Scalar settings from ``VOXSERVE_<NAME>``; the two catalogs take JSON."""
+    """Scalar settings from ``VOXSERVE_<NAME>``; the two catalogs take JSON, lists commas."""
     fields = {f.name for f in msgspec.structs.fields(Settings)}
     raw: dict[str, Any] = {}
     for key, value in env.items():
@@ -189,6 +230,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
                 raw[name] = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise SettingsError(f"{key} must be a JSON list of models: {exc}") from exc
+        elif name in LIST_SETTINGS:
+            raw[name] = [part.strip() for part in value.split(",") if part.strip()]
         elif name in fields:
             raw[name] = value
     return raw
