@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -11,6 +10,8 @@ import msgspec
 import uvicorn
 
 from server.app import create_app
+from server.logs import configure_logging
+from server.process import SHUTDOWN_GRACE_SECONDS, DrainingServer
 from server.settings import Settings, SettingsError, load_settings
 
 
@@ -42,17 +43,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    uvicorn.run(
-        create_app(settings),
+    """Serve until SIGTERM or SIGINT, drain, and return 0."""
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:
+        print(f"voxserve: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
+        log_config=None,  # server.logs has configured logging
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        access_log=False,  # RequestContext writes the access lines
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
+    DrainingServer(config, app.state.runtime).run()
     return 0
 
 

@@ -1,20 +1,23 @@
 """``create_app(settings)``: the Litestar app, whose lifespan loads the models.
 
-Start-up builds one backend, one scheduler (with its worker thread) and one
-service per catalog entry, loading each model inside its own worker thread; shut-
-down stops the schedulers. Everything a route needs hangs off ``app.state.runtime``.
+Start-up begins loading, in the background, one backend, one scheduler (with its
+worker thread) and one service per catalog entry, each model inside its own worker
+thread; shutdown stops the schedulers. Everything a route needs hangs off
+``app.state.runtime``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio.to_thread
 import msgspec
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 
 from models.base import AudioArray, SpeechItem
@@ -22,10 +25,11 @@ from models.registry import ModelLoadError, build_backend
 from models.voices import EngineSpec, build_speech_backend
 from server.audio import AudioLimits
 from server.errors import exception_handlers
+from server.middleware import MIDDLEWARE
 from server.routes import ROUTES
 from server.runtime import Runtime
 from server.scheduler import ModelScheduler
-from server.settings import Settings
+from server.settings import CatalogModel, Settings, SpeechModel
 from server.speech import SpeechEngine, Voice
 from server.transcription import TranscriptionService
 
@@ -36,60 +40,83 @@ FORM_OVERHEAD_BYTES = 256 << 10
 maximal file; the file itself is held to ``max_upload_bytes`` on its own."""
 
 
-async def _start_models(state: Runtime) -> None:
+async def load_models(state: Runtime) -> None:
+    """Load every catalog model, one at a time; a failure marks that model failed only."""
+    for entry in state.settings.models:
+        try:
+            await _start_transcription(state, entry)
+        except Exception as exc:
+            _log_failure(f"model {entry.id!r}", exc)
+            state.failed([entry.id], str(exc))
+        else:
+            state.loaded([entry.id])
+    engines: dict[EngineSpec, SpeechEngine | Exception] = {}
+    for model in state.settings.speech_models:
+        try:
+            state.speech.voices[model.id] = await _start_voices(state, model, engines)
+        except Exception as exc:
+            _log_failure(f"speech model {model.id!r}", exc)
+            state.failed([model.id], str(exc))
+        else:
+            state.loaded([model.id])
+
+
+def _log_failure(what: str, exc: Exception) -> None:
+    if isinstance(exc, ModelLoadError):  # expected: one clear line
+        logger.error("%s failed to load: %s", what, exc)
+    else:
+        logger.exception("%s failed to load", what, exc_info=exc)
+
+
+async def _start_transcription(state: Runtime, entry: CatalogModel) -> None:
     settings = state.settings
-    for entry in settings.models:
-        spec = settings.model_spec(entry)
-        backend = await anyio.to_thread.run_sync(build_backend, spec, settings.model_cache_dir)
-        scheduler = ModelScheduler(
-            entry.id,
-            backend.transcribe_batch,
-            backend.batch_key,
-            settings.scheduler_config(entry),
-            setup=backend.load,
-            observer=state.metrics,
-        )
-        await scheduler.start()
-        state.metrics.watch_queue(entry.id, _depth_of(scheduler))
-        state.transcription[entry.id] = TranscriptionService(
-            entry.id,
-            backend,
-            scheduler,
-            limits=AudioLimits(settings.max_audio_seconds, settings.max_decoded_bytes),
-            observer=state.metrics,
-        )
-        logger.info("model %s loaded (%s, %s)", entry.id, spec.weights, scheduler.config)
+    spec = settings.model_spec(entry)
+    backend = await anyio.to_thread.run_sync(build_backend, spec, settings.model_cache_dir)
+    scheduler = ModelScheduler(
+        entry.id,
+        backend.transcribe_batch,
+        backend.batch_key,
+        settings.scheduler_config(entry),
+        setup=backend.load,
+        observer=state.metrics,
+    )
+    await scheduler.start()
+    state.metrics.watch_queue(entry.id, _depth_of(scheduler))
+    state.transcription[entry.id] = TranscriptionService(
+        entry.id,
+        backend,
+        scheduler,
+        limits=AudioLimits(settings.max_audio_seconds, settings.max_decoded_bytes),
+        decodes=state.decodes,
+        observer=state.metrics,
+    )
+    logger.info("model %s loaded (%s, %s)", entry.id, spec.weights, scheduler.config)
 
 
-async def _start_speech(state: Runtime) -> None:
-    """One engine per distinct voice weights; every voice of every model points at one."""
-    engines: dict[EngineSpec, SpeechEngine] = {}
-    try:
-        await _start_voices(state, engines)
-    except BaseException:  # engines not yet reachable from the runtime: stop them here
-        for engine in engines.values():
-            await engine.scheduler.stop()
-        raise
-
-
-async def _start_voices(state: Runtime, engines: dict[EngineSpec, SpeechEngine]) -> None:
-    settings = state.settings
-    for model in settings.speech_models:
-        voices: dict[str, Voice] = {}
-        for name, spec in model.voices.items():
-            engine_spec = settings.engine_spec(spec)
-            if engine_spec not in engines:
-                label = engine_spec.name
-                if label in {e.name for e in engines.values()}:  # same file, other settings
-                    label = f"{label}#{len(engines) + 1}"
-                engines[engine_spec] = await _start_engine(state, engine_spec, label)
-            engine = engines[engine_spec]
+async def _start_voices(
+    state: Runtime, model: SpeechModel, engines: dict[EngineSpec, SpeechEngine | Exception]
+) -> dict[str, Voice]:
+    """The model's voices; an engine is loaded once, however many voices share it."""
+    voices: dict[str, Voice] = {}
+    for name, spec in model.voices.items():
+        engine_spec = state.settings.engine_spec(spec)
+        if engine_spec not in engines:
+            label = engine_spec.name
+            if label in {e.name for e in engines.values() if isinstance(e, SpeechEngine)}:
+                label = f"{label}#{len(engines) + 1}"  # same file, other settings
             try:
-                engine.backend.check_speaker(spec.speaker)
-            except ValueError as exc:
-                raise ModelLoadError(f"speech model {model.id!r}, voice {name!r}: {exc}") from exc
-            voices[name] = Voice(model.id, name, engine, spec.speaker, spec.speed)
-        state.speech.voices[model.id] = voices
+                engines[engine_spec] = await _start_engine(state, engine_spec, label)
+            except Exception as exc:
+                engines[engine_spec] = exc
+        engine = engines[engine_spec]
+        if isinstance(engine, Exception):
+            raise ModelLoadError(f"voice {name!r}: {engine}") from engine
+        try:
+            engine.backend.check_speaker(spec.speaker)
+        except ValueError as exc:
+            raise ModelLoadError(f"voice {name!r}: {exc}") from exc
+        voices[name] = Voice(model.id, name, engine, spec.speaker, spec.speed)
+    return voices
 
 
 async def _start_engine(state: Runtime, spec: EngineSpec, name: str) -> SpeechEngine:
@@ -117,29 +144,52 @@ def _depth_of(scheduler: ModelScheduler[Any, Any]) -> Callable[[], float]:
 
 
 def create_app(settings: Settings) -> Litestar:
+    """The app; its models load in the background once it starts serving.
+
+    ``/health`` answers from the first moment; ``/ready`` turns 200 once every
+    catalog model is loaded. A model that fails to load is logged, reported by
+    ``/ready`` and the ``voxserve_model_state`` metric, and answers 503; the
+    process stays up for the probes and the other models.
+    """
     state = Runtime(settings=settings)
+    if not state.keys:
+        logger.warning(
+            "no API keys configured: the API is open to anyone who can reach it "
+            "(set VOXSERVE_API_KEYS or api_key_file)"
+        )
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        loading = asyncio.create_task(load_models(state), name="load-models")
         try:
-            try:
-                await _start_models(state)
-                await _start_speech(state)
-            except ModelLoadError as exc:  # one clear line above the framework's traceback
-                logger.error("voxserve cannot start: %s", exc)
-                raise
             yield
         finally:
-            for service in state.transcription.values():
-                await service.scheduler.stop()
-            for engine in state.speech.engines:
-                await engine.scheduler.stop()
+            loading.cancel()
+            with suppress(asyncio.CancelledError):
+                await loading
+            for scheduler in state.schedulers():
+                await scheduler.stop()
 
     return Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],
-        state=State({"runtime": state}),
+        state=State({"runtime": state}, deep_copy=False),
+        middleware=MIDDLEWARE,
         exception_handlers=exception_handlers(),
+        cors_config=_cors(settings),
         request_max_body_size=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
-        logging_config=None,  # the process configures logging once (voxserve serve)
+        logging_config=None,  # the process configures logging once (server.logs)
+    )
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """Off unless origins are configured; then the headers the API needs, and no cookies."""
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "Retry-After"],
+        allow_credentials=False,
     )

@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import Send
 
 from server.protocol import sse_event
 
@@ -125,6 +126,31 @@ def error_response(
         status_code=status_code or error.status_code,
         media_type="application/json",
         headers={**(headers or {}), **error.headers()},
+    )
+
+
+async def send_error(
+    send: Send, error: VoxserveError, headers: dict[str, str] | None = None
+) -> None:
+    """Answer with ``error`` straight from ASGI middleware, before any handler runs.
+
+    Middleware answers rather than raises, so that the middleware around it (the
+    request id, the access log, the request metrics) sees the response go out.
+    """
+    all_headers = {"content-type": "application/json", **(headers or {}), **error.headers()}
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status_code,
+            "headers": [(k.lower().encode(), v.encode()) for k, v in all_headers.items()],
+        }
+    )
+    await send(
+        {
+            "type": "http.response.body",
+            "body": msgspec.json.encode(error.envelope()),
+            "more_body": False,
+        }
     )
 
 

@@ -1,5 +1,6 @@
-"""Prometheus metrics of the schedulers (batch sizes, queue wait, inference time) and of
-transcription (temperature fallbacks).
+"""Prometheus metrics: requests by route and status, the schedulers (queue depth and wait,
+batch sizes, inference time), audio seconds in and out, rejections by reason, and the
+state of every model.
 
 Each app owns its registry (not the process-global one), so several apps in one
 process, as in the tests, do not collide.
@@ -12,11 +13,55 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+MODEL_STATES = ("loading", "ready", "failed")
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "voxserve_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "voxserve_request_seconds",
+            "Time from a request's arrival to the end of its response.",
+            ["route", "method"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "voxserve_requests_in_flight",
+            "API requests being served (probes and metrics excluded).",
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "voxserve_rejections",
+            "Requests refused to protect the server, by model ('' for server-wide) and reason.",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.audio_transcribed = Counter(
+            "voxserve_audio_transcribed_seconds",
+            "Seconds of input audio transcribed or translated.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.audio_synthesized = Counter(
+            "voxserve_audio_synthesized_seconds",
+            "Seconds of speech synthesized.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.model_states = Gauge(
+            "voxserve_model_state",
+            "1 for the state each catalog model is in, 0 for the others.",
+            ["model", "state"],
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "voxserve_batch_size",
             "Items per model call, as the scheduler formed them.",
@@ -52,6 +97,23 @@ class Metrics:
 
     def fallback(self, model: str) -> None:
         self.fallbacks.labels(model).inc()
+
+    def transcribed(self, model: str, seconds: float) -> None:
+        self.audio_transcribed.labels(model).inc(seconds)
+
+    def synthesized(self, model: str, seconds: float) -> None:
+        self.audio_synthesized.labels(model).inc(seconds)
+
+    def rejected(self, model: str, reason: str) -> None:
+        self.rejections.labels(model, reason).inc()
+
+    def model_state(self, model: str, state: str) -> None:
+        for name in MODEL_STATES:
+            self.model_states.labels(model, name).set(1 if name == state else 0)
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_seconds.labels(route, method).observe(seconds)
 
     def watch_queue(self, model: str, depth: Callable[[], float]) -> None:
         self.queue_depth.labels(model).set_function(depth)

@@ -1,22 +1,46 @@
-"""What the running app holds: its settings, metrics and one service per loaded model.
+"""What the running app holds: its settings, metrics, the state of every model, and one
+service per loaded model.
 
-Routes reach it through :func:`runtime`, never through module globals.
+Routes reach it through :func:`runtime`, never through module globals. Models load
+in the background after start-up (``/health`` answers at once, ``/ready`` once all
+are loaded); a model that fails to load is recorded as failed, its requests get 503
+and the rest of the server carries on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from litestar import Request
 
-from server.errors import ModelNotFound
+from server.auth import KeyRing, read_key_file
+from server.errors import ModelNotFound, NotReady
 from server.metrics import Metrics
 from server.scheduler import ModelScheduler
-from server.settings import Settings
-from server.speech import SpeechService
+from server.settings import Settings, SettingsError
+from server.speech import SpeechService, Voice
 from server.transcription import TranscriptionService
+
+LOADING_RETRY_AFTER = 5.0
+"""Retry-After for a model still loading, and for a server that is not ready."""
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class ModelStatus:
+    state: ModelState = ModelState.LOADING
+    error: str | None = None
 
 
 @dataclass
@@ -25,25 +49,127 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     transcription: dict[str, TranscriptionService] = field(default_factory=dict)
     speech: SpeechService = field(default_factory=SpeechService)
+    models: dict[str, ModelStatus] = field(default_factory=dict)
+    """Every catalog model id (transcription and speech) and how its loading went."""
     started_at: int = field(default_factory=lambda: int(time.time()))
+    draining: bool = False
+    in_flight: int = 0
+    """API requests (not probes) being served; a drain waits for this to reach 0."""
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever ``in_flight`` is 0."""
+    decodes: anyio.CapacityLimiter = field(init=False)
+    """At most ``max_concurrent_decodes`` uploads are decoded at once, server-wide."""
+    keys: KeyRing = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decodes = anyio.CapacityLimiter(self.settings.max_concurrent_decodes)
+        self.keys = KeyRing(_api_keys(self.settings))
+        self.speech.observer = self.metrics
+        self.idle.set()
+        ids = [m.id for m in self.settings.models] + [m.id for m in self.settings.speech_models]
+        for model_id in ids:
+            self.models[model_id] = ModelStatus()
+            self.metrics.model_state(model_id, ModelState.LOADING.value)
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+        self.metrics.in_flight.inc()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+        self.metrics.in_flight.dec()
+
+    # -- model states --------------------------------------------------------------
+
+    def loaded(self, model_ids: Iterable[str]) -> None:
+        for model_id in model_ids:
+            self._set(model_id, ModelStatus(ModelState.READY))
+
+    def failed(self, model_ids: Iterable[str], error: str) -> None:
+        for model_id in model_ids:
+            self._set(model_id, ModelStatus(ModelState.FAILED, error))
+
+    def _set(self, model_id: str, status: ModelStatus) -> None:
+        self.models[model_id] = status
+        self.metrics.model_state(model_id, status.state.value)
+
+    def _require(self, model_id: str) -> None:
+        """404 for a model not in the catalog; 503 for one loading or failed."""
+        status = self.models.get(model_id)
+        if status is None:
+            raise ModelNotFound(model_id)
+        if status.state is ModelState.LOADING:
+            raise NotReady(
+                f"Model '{model_id}' is still loading; retry shortly.",
+                code="model_loading",
+                retry_after=LOADING_RETRY_AFTER,
+            )
+        if status.state is ModelState.FAILED:
+            raise NotReady(
+                f"Model '{model_id}' failed to load and is unavailable on this server.",
+                code="model_unavailable",
+            )
+
+    def cut_off(self) -> int:
+        """End of a drain: fail all queued work with a retryable 503; returns the items."""
+        error = NotReady(
+            "The server is shutting down and could not finish this request; retry it.",
+            code="draining",
+            retry_after=1,
+        )
+        return sum(scheduler.fail_pending(error) for scheduler in self.schedulers())
+
+    # -- what routes ask for -------------------------------------------------------
 
     def transcriber(self, model: str) -> TranscriptionService:
+        self._require(model)
         try:
             return self.transcription[model]
-        except KeyError:
+        except KeyError:  # a speech model named on a transcription route
             raise ModelNotFound(model) from None
 
-    @property
-    def ready(self) -> bool:
+    def voice(self, model: str, name: str) -> Voice:
+        self._require(model)
+        return self.speech.voice(model, name)
+
+    def schedulers(self) -> list[ModelScheduler[Any, Any]]:
         schedulers: list[ModelScheduler[Any, Any]] = [
             service.scheduler for service in self.transcription.values()
         ]
-        schedulers += [engine.scheduler for engine in self.speech.engines]
+        return schedulers + [engine.scheduler for engine in self.speech.engines]
+
+    @property
+    def ready(self) -> bool:
         return (
-            len(self.transcription) == len(self.settings.models)
-            and len(self.speech.voices) == len(self.settings.speech_models)
-            and all(scheduler.running for scheduler in schedulers)
+            not self.draining
+            and all(status.state is ModelState.READY for status in self.models.values())
+            and all(scheduler.running for scheduler in self.schedulers())
         )
+
+    def not_ready_reason(self) -> str:
+        if self.draining:
+            return "The server is draining for shutdown."
+        pending = [
+            f"{model_id} {status.state.value}"
+            for model_id, status in self.models.items()
+            if status.state is not ModelState.READY
+        ]
+        if pending:
+            return "Not every model is loaded: " + ", ".join(pending) + "."
+        return "A model's scheduler has stopped."
+
+
+def _api_keys(settings: Settings) -> list[str]:
+    keys = list(settings.api_keys)
+    if settings.api_key_file:
+        try:
+            keys += read_key_file(settings.api_key_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read api_key_file: {exc}") from exc
+    return keys
 
 
 def runtime(request: Request[Any, Any, Any]) -> Runtime:

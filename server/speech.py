@@ -17,10 +17,11 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from models.base import AudioArray, Speaker, SpeechItem, TextToSpeechBackend
 from server.errors import InvalidRequest, ModelNotFound
-from server.scheduler import ModelScheduler
+from server.scheduler import ModelScheduler, Ticket
 from server.text import normalize, split_sentences
 
 LOOKAHEAD = 4
@@ -28,6 +29,12 @@ LOOKAHEAD = 4
 
 FIRST_SENTENCE_CHARS = 120
 """The first piece is cut shorter (at a clause) so the first audio comes early."""
+
+
+class SpeechObserver(Protocol):
+    """Told how much audio was spoken, for metrics."""
+
+    def synthesized(self, model: str, seconds: float) -> None: ...
 
 
 @dataclass(eq=False)
@@ -61,6 +68,7 @@ class SpeechService:
 
     voices: dict[str, dict[str, Voice]] = field(default_factory=dict)
     """Model id -> voice name -> voice."""
+    observer: SpeechObserver | None = None
 
     @property
     def engines(self) -> list[SpeechEngine]:
@@ -109,14 +117,16 @@ class SpeechService:
         items = iter(
             SpeechItem(text, speaker=voice.speaker, speed=speed * voice.speed) for text in sentences
         )
-        with scheduler.admit():
+        with scheduler.admit() as ticket:
             pending: deque[asyncio.Future[AudioArray]] = deque()
             try:
-                _top_up(pending, items, scheduler, 1)
+                _top_up(pending, items, scheduler, ticket, 1)
                 while pending:
                     audio = await pending[0]
                     pending.popleft()
-                    _top_up(pending, items, scheduler, LOOKAHEAD)
+                    _top_up(pending, items, scheduler, ticket, LOOKAHEAD)
+                    if self.observer is not None:
+                        self.observer.synthesized(voice.model, len(audio) / voice.sample_rate)
                     yield audio
             finally:  # the consumer stopped early or failed: withdraw what is queued
                 for future in pending:
@@ -127,10 +137,11 @@ def _top_up(
     pending: deque[asyncio.Future[AudioArray]],
     items: Iterator[SpeechItem],
     scheduler: ModelScheduler[SpeechItem, AudioArray],
+    ticket: Ticket,
     limit: int,
 ) -> None:
     while len(pending) < limit:
         item = next(items, None)
         if item is None:
             return
-        pending.append(scheduler.submit(item))
+        pending.append(scheduler.submit(item, ticket))

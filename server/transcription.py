@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import anyio.to_thread
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from models.base import (
@@ -42,7 +43,7 @@ from models.base import (
 from models.windowing import VadSettings, Window, plan_windows
 from server.audio import AudioLimits, decode_audio
 from server.errors import InvalidRequest
-from server.scheduler import ModelScheduler
+from server.scheduler import ModelScheduler, Ticket
 
 SUPPORTED_LANGUAGES = frozenset(_LANGUAGE_CODES)
 TEMPERATURE_LADDER = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -55,6 +56,8 @@ class TranscriptionObserver(Protocol):
     """Told what the service did beyond the scheduler's batches, for metrics."""
 
     def fallback(self, model: str) -> None: ...
+
+    def transcribed(self, model: str, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +120,15 @@ class TranscriptionService:
         scheduler: ModelScheduler[TranscriptionItem, WindowTranscript],
         *,
         limits: AudioLimits,
+        decodes: anyio.CapacityLimiter | None = None,
         observer: TranscriptionObserver | None = None,
     ) -> None:
         self.model_id = model_id
         self.backend = backend
         self.scheduler = scheduler
         self.limits = limits
+        self.decodes = decodes
+        """Shared by every model's service: how many uploads may be decoded at once."""
         self.observer = observer
 
     def check(self, options: DecodingOptions) -> None:
@@ -150,8 +156,14 @@ class TranscriptionService:
     async def prepare(
         self, upload: bytes, filename: str | None, chunking: VadSettings | None = None
     ) -> PreparedAudio:
-        """Decode and find the speech, in a worker thread: every 400 about the file is here."""
-        return await asyncio.to_thread(self._prepare, upload, filename, chunking)
+        """Decode and find the speech, in a worker thread: every 400 about the file is here.
+
+        At most ``decodes`` uploads are decoded at once; the rest wait here, holding
+        their queue place but no decoder memory.
+        """
+        return await anyio.to_thread.run_sync(
+            self._prepare, upload, filename, chunking, limiter=self.decodes
+        )
 
     def _prepare(
         self, upload: bytes, filename: str | None, chunking: VadSettings | None
@@ -159,8 +171,10 @@ class TranscriptionService:
         audio = decode_audio(upload, self.limits, filename)
         return PreparedAudio(audio, plan_windows(audio, self.backend.window_seconds, chunking))
 
-    async def transcribe(self, prepared: PreparedAudio, job: TranscriptionJob) -> Transcript:
-        windows = [window async for window in self.windows(prepared, job)]
+    async def transcribe(
+        self, prepared: PreparedAudio, job: TranscriptionJob, ticket: Ticket | None = None
+    ) -> Transcript:
+        windows = [window async for window in self.windows(prepared, job, ticket)]
         return self.transcript(prepared, job, windows)
 
     def transcript(
@@ -173,15 +187,16 @@ class TranscriptionService:
         return Transcript(job.options.task, language, prepared.duration, segments)
 
     async def windows(
-        self, prepared: PreparedAudio, job: TranscriptionJob
+        self, prepared: PreparedAudio, job: TranscriptionJob, ticket: Ticket | None = None
     ) -> AsyncIterator[WindowTranscript]:
         """Every window's result in file order, each as soon as it and those before are done.
 
         All windows are queued at once (they batch with each other and with other
         requests); leaving early, or failing, withdraws the ones not yet computed.
+        ``ticket`` is the request's place in the queue (``scheduler.admit()``).
         """
         tasks = [
-            asyncio.ensure_future(self._transcribe_window(prepared.audio, window, job))
+            asyncio.ensure_future(self._transcribe_window(prepared.audio, window, job, ticket))
             for window in prepared.windows
         ]
         try:
@@ -190,9 +205,11 @@ class TranscriptionService:
         finally:
             for task in tasks:
                 task.cancel()
+        if self.observer is not None:
+            self.observer.transcribed(self.model_id, prepared.duration)
 
     async def _transcribe_window(
-        self, audio: AudioArray, window: Window, job: TranscriptionJob
+        self, audio: AudioArray, window: Window, job: TranscriptionJob, ticket: Ticket | None
     ) -> WindowTranscript:
         """One window, and the rest of it again each time the model asks to resume.
 
@@ -203,7 +220,7 @@ class TranscriptionService:
         start = window.start
         while True:
             item = TranscriptionItem(audio[start : window.end], start / SAMPLE_RATE, job.options)
-            result = await self._decode(item, job.fallback)
+            result = await self._decode(item, job.fallback, ticket)
             passes.append(result)
             if result.resume_at is None:
                 break
@@ -212,15 +229,18 @@ class TranscriptionService:
             passes[0], segments=[s for p in passes for s in p.segments], resume_at=None
         )
 
-    async def _decode(self, item: TranscriptionItem, fallback: bool) -> WindowTranscript:
+    async def _decode(
+        self, item: TranscriptionItem, fallback: bool, ticket: Ticket | None
+    ) -> WindowTranscript:
         """One pass at the item's temperature, or up Whisper's ladder until one is good."""
         if not fallback:
-            (result,) = await self.scheduler.run([item])
+            (result,) = await self.scheduler.run([item], ticket)
             return result
         tries: list[WindowTranscript] = []
         for temperature in TEMPERATURE_LADDER:
             options = dataclasses.replace(item.options, temperature=temperature)
-            (result,) = await self.scheduler.run([dataclasses.replace(item, options=options)])
+            retry = dataclasses.replace(item, options=options)
+            (result,) = await self.scheduler.run([retry], ticket)
             if not needs_fallback(result):
                 return result
             tries.append(result)

@@ -21,7 +21,8 @@ from tests.speech import SENTENCES, spoken_wav
 class LiveServer:
     """voxserve under uvicorn on a free local port, in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, wait_until_ready: bool = True) -> None:
+        self.wait_until_ready = wait_until_ready
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -39,7 +40,21 @@ class LiveServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("voxserve did not start")
             time.sleep(0.05)
+        while self.wait_until_ready:  # models load in the background after start-up
+            if httpx.get(f"{self.base_url}/ready").status_code == 200:
+                break
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("voxserve did not become ready")
+            time.sleep(0.05)
         return self
+
+    def wait_until_loaded(self, timeout: float = 120) -> None:
+        """Until no model is still loading (some may have failed)."""
+        deadline = time.monotonic() + timeout
+        while "loading" in httpx.get(f"{self.base_url}/ready").text:
+            if time.monotonic() > deadline:
+                raise RuntimeError("voxserve's models are still loading")
+            time.sleep(0.05)
 
     def __exit__(self, *_: Any) -> None:
         self._server.should_exit = True

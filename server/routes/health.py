@@ -1,4 +1,5 @@
-"""Probes and metrics: ``/health`` (alive), ``/ready`` (models loaded), ``/metrics``."""
+"""Probes and metrics: ``/health`` (alive), ``/ready`` (models loaded, not draining),
+``/metrics``. All three are public by default (``public_paths``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.errors import NotReady
-from server.runtime import runtime
+from server.runtime import LOADING_RETRY_AFTER, runtime
 
 
 @get("/health")
@@ -18,11 +19,14 @@ async def health() -> dict[str, str]:
 
 @get("/ready")
 async def ready(request: Request[Any, Any, Any]) -> dict[str, str]:
-    if not runtime(request).ready:
-        raise NotReady("The server is not ready.", retry_after=5)
+    state = runtime(request)
+    if not state.ready:
+        raise NotReady(state.not_ready_reason(), code="not_ready", retry_after=LOADING_RETRY_AFTER)
     return {"status": "ready"}
 
 
 @get("/metrics")
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return Response(runtime(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    # CONTENT_TYPE_LATEST carries its charset: set it as is, not as a media type.
+    headers = {"Content-Type": CONTENT_TYPE_LATEST}
+    return Response(runtime(request).metrics.exposition(), headers=headers)

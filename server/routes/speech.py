@@ -25,6 +25,7 @@ from litestar.params import FromQuery
 from litestar.response import Stream
 
 from models.base import AudioArray
+from server import openapi
 from server.encoding import CONTENT_TYPES, StreamEncoder
 from server.errors import InternalError, ModelNotFound, VoxserveError, sse_error
 from server.forms import decode_json
@@ -47,11 +48,17 @@ OUTPUT_TOKENS_PER_SECOND = 50
 """Usage counts audio in 20 ms frames; there is no audio tokenizer to count with."""
 
 
-@post("/v1/audio/speech", status_code=200)
+@post(
+    "/v1/audio/speech",
+    status_code=200,
+    operation_class=openapi.SPEECH,
+    opt={"queue": "speech"},
+)
 async def create_speech(request: Request[Any, Any, Any]) -> Stream:
     body = decode_json(await request.body(), SpeechRequest)
-    service = runtime(request).speech
-    voice = service.voice(body.model, body.voice_name)
+    state = runtime(request)
+    service = state.speech
+    voice = state.voice(body.model, body.voice_name)
     # Normalizing 4096 pathological characters takes tens of ms: not on the event loop.
     sentences = await asyncio.to_thread(service.sentences, body.input)
     audio = service.speak(voice, sentences, body.speed)

@@ -63,9 +63,9 @@ async def run_job(
 ) -> Response[bytes]:
     """Decode, transcribe and render, holding one place in the model's queue throughout."""
     data = await read_upload(request, upload)
-    with service.scheduler.admit():
+    with service.scheduler.admit() as ticket:
         prepared = await service.prepare(data, upload.filename, job.chunking)
-        transcript = await service.transcribe(prepared, job)
+        transcript = await service.transcribe(prepared, job, ticket)
     body, media_type = render(transcript, response_format, render_options)
     return Response(body, media_type=media_type)
 
@@ -85,13 +85,13 @@ async def stream_events(
     deltas join to exactly the ``done`` text, the text the same request gets
     without streaming. A failure after the status line is an ``error`` event.
     """
-    with service.scheduler.admit():
+    with service.scheduler.admit() as ticket:
         prepared = await service.prepare(data, filename, job.chunking)
         yield b""
         windows: list[WindowTranscript] = []
         said = False
         try:
-            async for window in service.windows(prepared, job):
+            async for window in service.windows(prepared, job, ticket):
                 windows.append(window)
                 text = window.text
                 if not text:

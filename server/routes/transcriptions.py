@@ -8,6 +8,7 @@ from litestar import Request, Response, post
 from litestar.response import Stream
 
 from models.base import DecodingOptions
+from server import openapi
 from server.errors import InvalidRequest
 from server.formats import RenderOptions
 from server.forms import parse_form
@@ -17,7 +18,12 @@ from server.runtime import runtime
 from server.transcription import TranscriptionJob
 
 
-@post("/v1/audio/transcriptions", status_code=200)
+@post(
+    "/v1/audio/transcriptions",
+    status_code=200,
+    operation_class=openapi.TRANSCRIPTION,
+    opt={"queue": "transcription"},
+)
 async def create_transcription(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
     upload, form = parse_form(await request.form(), TranscriptionForm)
     service = runtime(request).transcriber(form.model)

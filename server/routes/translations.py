@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request, Response, post
 
 from models.base import DecodingOptions
+from server import openapi
 from server.formats import RenderOptions
 from server.forms import parse_form
 from server.protocol import TranslationForm
@@ -15,7 +16,12 @@ from server.runtime import runtime
 from server.transcription import TranscriptionJob
 
 
-@post("/v1/audio/translations", status_code=200)
+@post(
+    "/v1/audio/translations",
+    status_code=200,
+    operation_class=openapi.TRANSLATION,
+    opt={"queue": "transcription"},
+)
 async def create_translation(request: Request[Any, Any, Any]) -> Response[bytes]:
     upload, form = parse_form(await request.form(), TranslationForm)
     service = runtime(request).transcriber(form.model)

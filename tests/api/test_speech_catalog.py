@@ -1,17 +1,16 @@
-"""The voice catalog: other backends behind model names, start-up validation, disconnects."""
+"""The voice catalog: other backends behind model names, load failures, disconnects."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
 import pytest
-from litestar.testing import TestClient
 
-from models.registry import ModelLoadError
 from models.voices import VoiceSpec
-from server.app import create_app
 from server.settings import SpeechModel
+from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer, make_settings
 from tests.speech import decode_native
 
@@ -65,22 +64,28 @@ def test_a_catalog_puts_kokoro_behind_a_model_name() -> None:
         (VoiceSpec(backend="piper", weights="embedded:joe", speaker=3), "voice 'alloy'"),
     ],
 )
-def test_a_wrong_catalog_stops_start_up_saying_what_is_wrong(
-    voice: VoiceSpec, message: str
+def test_a_wrong_catalog_fails_that_model_saying_what_is_wrong(
+    voice: VoiceSpec, message: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The process stays up: ``/health`` answers, ``/ready`` and the model give 503."""
     settings = make_settings(
         models=(), speech_models=(SpeechModel(id="m", voices={"alloy": voice}),)
     )
-    with pytest.raises(BaseException) as caught, TestClient(create_app(settings)):
-        pass
-    (error,) = leaves(caught.value)  # the lifespan's error, however the framework wraps it
-    assert isinstance(error, ModelLoadError) and message in str(error), error
-
-
-def leaves(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
-    return [error]
+    with (
+        caplog.at_level(logging.ERROR, logger="voxserve"),
+        LiveServer(settings, wait_until_ready=False) as live,
+        live.http() as http,
+    ):
+        live.wait_until_loaded()
+        assert http.get("/health").status_code == 200
+        ready = http.get("/ready")
+        response = http.post(
+            "/v1/audio/speech", json={"model": "m", "input": "Hi.", "voice": "alloy"}
+        )
+    assert_error(ready, 503, None, "m failed")
+    assert_error(response, 503, None, "failed to load")
+    assert response.json()["error"]["code"] == "model_unavailable"
+    assert any(message in r.getMessage() for r in caplog.records), caplog.text
 
 
 def items_computed(server: LiveServer, engine: str) -> float:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
-from collections.abc import AsyncIterator, Hashable
+import weakref
+from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
 
 from server.errors import NotReady, Overloaded
-from server.scheduler import ModelScheduler
+from server.scheduler import BatchObserver, ModelScheduler
 from server.settings import SchedulerConfig
 
 
@@ -19,11 +21,13 @@ class RecordingBackend:
     """Squares numbers; remembers each batch, its thread and when it started.
 
     Items are ``(key, value)``: the key decides which items may share a batch, and
-    a negative value fails, as a bad input would in a real model.
+    a negative value fails, as a bad input would in a real model. With a ``gate``,
+    each batch blocks the worker thread until the gate is set.
     """
 
-    def __init__(self, seconds_per_batch: float = 0.0) -> None:
+    def __init__(self, seconds_per_batch: float = 0.0, gate: threading.Event | None = None) -> None:
         self.seconds_per_batch = seconds_per_batch
+        self.gate = gate
         self.batches: list[list[tuple[str, int]]] = []
         self.started_at: list[float] = []
         self.threads: set[int] = set()
@@ -39,10 +43,28 @@ class RecordingBackend:
         self.started_at.append(time.monotonic())
         self.threads.add(threading.get_ident())
         self.batches.append(list(items))
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
         time.sleep(self.seconds_per_batch)
         if any(value < 0 for _, value in items):
             raise ValueError("negative input")
         return [value * value for _, value in items]
+
+
+class RecordingObserver:
+    """Keeps what the scheduler reports, as the metrics would count it."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, int]] = []
+        self.rejections: list[tuple[str, str]] = []
+
+    def batch_done(
+        self, model: str, size: int, queue_waits: Sequence[float], seconds: float
+    ) -> None:
+        self.batches.append((model, size))
+
+    def rejected(self, model: str, reason: str) -> None:
+        self.rejections.append((model, reason))
 
 
 def make(
@@ -50,9 +72,13 @@ def make(
     max_batch_size: int = 4,
     max_queue_delay_ms: float = 20,
     max_queue_size: int = 100,
+    max_queue_time: float = 30.0,
+    observer: BatchObserver | None = None,
 ) -> ModelScheduler[tuple[str, int], int]:
-    config = SchedulerConfig(max_batch_size, max_queue_delay_ms, max_queue_size)
-    return ModelScheduler("fake", backend.run, backend.key, config, setup=backend.setup)
+    config = SchedulerConfig(max_batch_size, max_queue_delay_ms, max_queue_size, max_queue_time)
+    return ModelScheduler(
+        "fake", backend.run, backend.key, config, setup=backend.setup, observer=observer
+    )
 
 
 @asynccontextmanager
@@ -61,9 +87,13 @@ async def started(
     max_batch_size: int = 4,
     max_queue_delay_ms: float = 20,
     max_queue_size: int = 100,
+    max_queue_time: float = 30.0,
+    observer: BatchObserver | None = None,
 ) -> AsyncIterator[ModelScheduler[tuple[str, int], int]]:
     """A running scheduler over ``backend``, stopped when the block ends."""
-    scheduler = make(backend, max_batch_size, max_queue_delay_ms, max_queue_size)
+    scheduler = make(
+        backend, max_batch_size, max_queue_delay_ms, max_queue_size, max_queue_time, observer
+    )
     await scheduler.start()
     try:
         yield scheduler
@@ -220,3 +250,188 @@ def test_a_stopped_scheduler_refuses_work_as_not_ready() -> None:
             pass
 
     run(scenario())
+
+
+def test_an_item_stuck_behind_a_slow_batch_times_out_uncomputed_and_frees_its_place() -> None:
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+    observer = RecordingObserver()
+
+    async def request(scheduler: ModelScheduler[tuple[str, int], int]) -> list[int]:
+        with scheduler.admit():
+            return await scheduler.run([("a", 2)])
+
+    async def scenario() -> None:
+        async with started(
+            backend, max_batch_size=1, max_queue_delay_ms=0, max_queue_time=0.2, observer=observer
+        ) as scheduler:
+            first = scheduler.submit(("a", 1))
+            await asyncio.sleep(0.05)  # the first item now holds the worker
+            queued_at = time.monotonic()
+            with pytest.raises(NotReady) as expired:
+                await asyncio.wait_for(request(scheduler), 2)
+            waited = time.monotonic() - queued_at
+            assert not gate.is_set()  # it fired while the worker was still busy
+            assert expired.value.code == "queue_timeout"
+            assert expired.value.status_code == 503
+            assert "0.2 s" in expired.value.message
+            assert expired.value.retry_after is not None and expired.value.retry_after >= 0.1
+            assert 0.19 <= waited < 1.0
+            assert scheduler.admitted == 0  # the request's place is given back
+            assert scheduler.queue_depth == 0
+            gate.set()
+            assert await first == 1
+            await asyncio.sleep(0.05)  # time for a (wrong) batch of the expired item
+
+    try:
+        run(scenario())
+    finally:
+        gate.set()
+    assert backend.batches == [[("a", 1)]]  # the expired item was never computed
+    assert observer.rejections == [("fake", "queue_timeout")]
+
+
+def test_an_item_taken_into_a_batch_is_not_failed_when_the_batch_runs_past_the_deadline() -> None:
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+    observer = RecordingObserver()
+
+    async def scenario() -> list[int]:
+        async with started(
+            backend, max_batch_size=2, max_queue_delay_ms=0, max_queue_time=0.1, observer=observer
+        ) as scheduler:
+            running = asyncio.ensure_future(scheduler.run([("a", 3), ("a", 4)]))
+            await asyncio.sleep(0.3)  # three times max_queue_time, all inside the batch
+            assert not running.done()
+            gate.set()
+            return await running
+
+    try:
+        assert run(scenario()) == [9, 16]
+    finally:
+        gate.set()
+    assert observer.rejections == []
+    assert observer.batches == [("fake", 2)]
+
+
+def test_a_request_being_served_is_not_cut_off_for_the_items_it_queued_behind_itself() -> None:
+    """The timeout bounds a request's wait for service, not the length of its work."""
+    backend = RecordingBackend(seconds_per_batch=0.06)
+    observer = RecordingObserver()
+
+    async def scenario() -> tuple[list[int], BaseException]:
+        async with started(
+            backend, max_batch_size=1, max_queue_delay_ms=0, max_queue_time=0.1, observer=observer
+        ) as scheduler:
+            with scheduler.admit() as ticket:
+                served = asyncio.ensure_future(
+                    scheduler.run([("a", v) for v in range(1, 6)], ticket)  # 0.3 s of work
+                )
+                await asyncio.sleep(0)
+                with scheduler.admit() as other:  # queued behind all five: waits 0.3 s
+                    late = scheduler.submit(("a", 9), other)
+                    (outcome,) = await asyncio.gather(late, return_exceptions=True)
+                assert isinstance(outcome, BaseException)
+                return await served, outcome
+
+    results, error = run(scenario())
+    assert results == [1, 4, 9, 16, 25]
+    assert isinstance(error, NotReady) and error.code == "queue_timeout"
+    assert observer.rejections == [("fake", "queue_timeout")]
+    assert [v for batch in backend.batches for _, v in batch] == [1, 2, 3, 4, 5]
+
+
+def test_each_expired_item_is_reported_once_and_later_items_still_run() -> None:
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+    observer = RecordingObserver()
+
+    async def scenario() -> list[object]:
+        async with started(
+            backend, max_batch_size=4, max_queue_delay_ms=0, max_queue_time=0.1, observer=observer
+        ) as scheduler:
+            first = scheduler.submit(("a", 1))
+            await asyncio.sleep(0.02)
+            doomed = [scheduler.submit(("b", v)) for v in (2, 3, 4)]
+            outcomes = await asyncio.wait_for(asyncio.gather(*doomed, return_exceptions=True), 2)
+            gate.set()
+            late = await scheduler.run([("b", 5)])  # the scheduler goes on as before
+            return [await first, *outcomes, *late]
+
+    try:
+        outcomes = run(scenario())
+    finally:
+        gate.set()
+    assert isinstance(outcomes, list)
+    assert outcomes[0] == 1 and outcomes[-1] == 25
+    for outcome in outcomes[1:4]:
+        assert isinstance(outcome, NotReady) and outcome.code == "queue_timeout"
+    assert backend.batches == [[("a", 1)], [("b", 5)]]
+    assert observer.rejections == [("fake", "queue_timeout")] * 3
+
+
+def test_refusals_are_reported_to_the_observer_with_their_reason() -> None:
+    backend = RecordingBackend()
+    observer = RecordingObserver()
+
+    async def scenario() -> None:
+        scheduler = make(backend, max_queue_size=1, observer=observer)
+        with pytest.raises(NotReady), scheduler.admit():
+            pass
+        await scheduler.start()
+        with scheduler.admit(), pytest.raises(Overloaded), scheduler.admit():
+            pass
+        await scheduler.stop()
+        with pytest.raises(NotReady):
+            scheduler.submit(("a", 1))
+
+    run(scenario())
+    assert observer.rejections == [
+        ("fake", "not_ready"),
+        ("fake", "queue_full"),
+        ("fake", "not_ready"),
+    ]
+
+
+def test_the_retry_estimate_counts_the_running_batch_and_the_batches_each_key_makes() -> None:
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+
+    async def scenario() -> list[float]:
+        async with started(backend, max_batch_size=4, max_queue_delay_ms=0) as scheduler:
+            idle = scheduler.estimated_wait()
+            first = scheduler.submit(("a", 1))
+            await asyncio.sleep(0.05)  # in the worker, not yet timed
+            busy = scheduler.estimated_wait()
+            waiting = [scheduler.submit(("a", v)) for v in range(5)] + [scheduler.submit(("b", 1))]
+            queued = scheduler.estimated_wait()  # 1 running + 2 batches of "a" + 1 of "b"
+            gate.set()
+            await asyncio.gather(first, *waiting)
+            return [idle, busy, queued]
+
+    try:
+        estimates = run(scenario())
+    finally:
+        gate.set()
+    assert estimates == pytest.approx([0.1, 0.1, 0.4])
+
+
+def test_a_finished_or_cancelled_item_leaves_nothing_scheduled_behind() -> None:
+    """Its queue timer is cancelled with it, so the loop keeps no reference to it."""
+    backend = RecordingBackend()
+
+    async def scenario() -> list[weakref.ref[asyncio.Future[int]]]:
+        async with started(backend, max_queue_delay_ms=1, max_queue_time=60) as scheduler:
+            done = scheduler.submit(("a", 1))
+            cancelled = scheduler.submit(("b", 2))
+            cancelled.cancel()
+            assert await done == 1
+            refs = [weakref.ref(done), weakref.ref(cancelled)]
+            del done, cancelled
+            await asyncio.sleep(0.01)
+            gc.collect()
+            return refs
+
+    refs = run(scenario())
+    assert isinstance(refs, list)
+    assert [ref() for ref in refs] == [None, None]

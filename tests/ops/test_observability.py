@@ -1,0 +1,162 @@
+"""Health, readiness with a failed model, metrics, request ids and what the logs hold."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from server.logs import JsonFormatter, RequestIdFilter
+from server.settings import CatalogModel
+from tests.api.test_errors import assert_error
+from tests.conftest import LiveServer, make_settings
+from tests.speech import duration_of, spoken_wav
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of the sample ``name`` with exactly ``labels`` (any order); 0 if absent."""
+    for line in text.splitlines():
+        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+        if match is None or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        if found == labels:
+            return float(match.group(3))
+    return 0.0
+
+
+def test_a_model_that_fails_to_load_leaves_the_rest_serving(tmp_path: object) -> None:
+    catalog = (
+        CatalogModel(id="whisper-1", weights="embedded:tiny.en"),
+        CatalogModel(id="broken", weights="/nonexistent/whisper"),
+    )
+    settings = make_settings(models=catalog, speech_models=())
+    with LiveServer(settings, wait_until_ready=False) as live, live.http() as http:
+        live.wait_until_loaded()
+        assert http.get("/health").json() == {"status": "ok"}
+        ready = http.get("/ready")
+        broken = http.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("a.wav", spoken_wav("Hello there."))},
+            data={"model": "broken"},
+        )
+        working = http.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("a.wav", spoken_wav("Hello there."))},
+            data={"model": "whisper-1"},
+        )
+        metrics = http.get("/metrics").text
+    assert_error(ready, 503, None, "broken failed")
+    assert ready.headers["retry-after"] == "5"
+    assert_error(broken, 503, None, "failed to load")
+    assert broken.json()["error"]["code"] == "model_unavailable"
+    assert working.status_code == 200 and working.json()["text"] == "Hello there."
+    assert metric(metrics, "voxserve_model_state", model="broken", state="failed") == 1
+    assert metric(metrics, "voxserve_model_state", model="broken", state="ready") == 0
+    assert metric(metrics, "voxserve_model_state", model="whisper-1", state="ready") == 1
+
+
+def test_metrics_count_requests_audio_and_model_work(server: LiveServer) -> None:
+    wav = spoken_wav("The metrics count this request.")
+    with server.http() as http:
+        before = http.get("/metrics").text
+        assert http.post(
+            "/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data={"model": "whisper-1"}
+        ).is_success
+        speech = http.post(
+            "/v1/audio/speech",
+            json={
+                "model": "tts-1",
+                "input": "Counted.",
+                "voice": "alloy",
+                "response_format": "pcm",
+            },
+        )
+        assert http.post("/v1/audio/speech", json={"model": "tts-1"}).status_code == 400
+        after = http.get("/metrics").text
+
+    def grew(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    route = {"route": "/v1/audio/transcriptions", "method": "POST", "status": "200"}
+    assert grew("voxserve_requests_total", **route) == 1
+    assert (
+        grew("voxserve_requests_total", route="/v1/audio/speech", method="POST", status="400") == 1
+    )
+    assert grew("voxserve_audio_transcribed_seconds_total", model="whisper-1") == pytest.approx(
+        duration_of(wav), abs=0.01
+    )
+    spoken_seconds = len(speech.content) / 2 / 24_000  # pcm: 16-bit mono at 24 kHz
+    assert grew("voxserve_audio_synthesized_seconds_total", model="tts-1") == pytest.approx(
+        spoken_seconds, rel=0.05
+    )
+    assert grew("voxserve_batch_size_count", model="whisper-1") >= 1
+    assert grew("voxserve_request_seconds_count", route="/v1/audio/speech", method="POST") == 2
+    for name in ("voxserve_queue_depth", "voxserve_queue_wait_seconds_bucket"):
+        assert name in after
+    assert metric(after, "voxserve_model_state", model="tts-1", state="ready") == 1
+
+
+def test_a_request_id_is_taken_or_made_and_always_echoed(server: LiveServer) -> None:
+    with server.http() as http:
+        given = http.get("/v1/models", headers={"X-Request-ID": "gateway-7f3a:1"})
+        made = http.get("/v1/models")
+        unsafe = http.get("/v1/models", headers={"X-Request-ID": "a b\tc" + "x" * 200})
+        failed = http.post("/v1/audio/speech", json={}, headers={"X-Request-ID": "req-400"})
+    assert given.headers["x-request-id"] == "gateway-7f3a:1"
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
+    assert re.fullmatch(r"[0-9a-f]{32}", unsafe.headers["x-request-id"])
+    assert failed.status_code == 400 and failed.headers["x-request-id"] == "req-400"
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """What the process would write with ``log_format = "json"``, from INFO up."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def test_logs_are_json_with_request_ids_and_no_text_at_info(
+    server: LiveServer, json_log: io.StringIO
+) -> None:
+    secret_speech = "Zanzibar quartz lemonade tastes of purple."
+    secret_input = "Confidential merger with Initech closes Friday."
+    with server.http() as http:
+        transcribed = http.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("a.wav", spoken_wav(secret_speech))},
+            data={"model": "whisper-1", "prompt": "Zanzibar"},
+            headers={"X-Request-ID": "trace-transcribe"},
+        )
+        spoken = http.post(
+            "/v1/audio/speech",
+            json={"model": "tts-1", "input": secret_input, "voice": "alloy"},
+            headers={"X-Request-ID": "trace-speech"},
+        )
+    assert transcribed.is_success and spoken.is_success
+    assert "lemonade" in transcribed.json()["text"].lower()  # the words were heard...
+    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    by_id = {line["request_id"]: line for line in lines if line["logger"] == "voxserve.access"}
+    access = by_id["trace-transcribe"]
+    assert access["route"] == "/v1/audio/transcriptions" and access["status"] == 200
+    assert access["method"] == "POST" and access["duration_ms"] > 0
+    assert by_id["trace-speech"]["status"] == 200
+    everything = json_log.getvalue().lower()  # ...and are nowhere in the log
+    for word in ("zanzibar", "lemonade", "initech", "merger"):
+        assert word not in everything
