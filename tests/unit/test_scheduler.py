@@ -334,7 +334,7 @@ def test_a_request_being_served_is_not_cut_off_for_the_items_it_queued_behind_it
                 assert isinstance(outcome, BaseException)
                 return await served, outcome
 
-    results, error = run(scenario())
+    results, error = asyncio.run(scenario())
     assert results == [1, 4, 9, 16, 25]
     assert isinstance(error, NotReady) and error.code == "queue_timeout"
     assert observer.rejections == [("fake", "queue_timeout")]
