@@ -113,16 +113,18 @@ class WhisperCT2Backend:
     def _encode_prompt(self, prompt: str) -> tuple[int, ...]:
         # Only the last 223 tokens count; tokenizing the last few thousand characters
         # finds them and keeps the cost bounded however long the prompt (this runs on
-        # the server's event loop, via batch_key).
-        tail = prompt.strip()[-MAX_PROMPT_CHARS:]
-        tokens = self._tokenizer("transcribe", "en").encode(" " + tail)
+        # the server's event loop, via batch_key). The cache is keyed on that tail, so
+        # it never holds more than 1024 tails of a few kB, however long the prompts.
+        tokens = self._tokenizer("transcribe", "en").encode(" " + _prompt_tail(prompt))
         return tuple(tokens[-MAX_PROMPT_TOKENS:])
 
     # -- batching ------------------------------------------------------------------
 
     def batch_key(self, item: TranscriptionItem) -> Hashable:
         """The position of ``<|startoftranscript|>``, and the temperature."""
-        previous = self._prompt_tokens(item.options.prompt) if item.options.prompt else ()
+        previous = (
+            self._prompt_tokens(_prompt_tail(item.options.prompt)) if item.options.prompt else ()
+        )
         sot_position = len(previous) + 1 if previous else 0
         return (sot_position, item.options.temperature)
 
@@ -248,7 +250,11 @@ class WhisperCT2Backend:
         ]
 
     def _prompt(self, item: TranscriptionItem, tokenizer: Tokenizer) -> list[int]:
-        previous = list(self._prompt_tokens(item.options.prompt)) if item.options.prompt else []
+        previous = (
+            list(self._prompt_tokens(_prompt_tail(item.options.prompt)))
+            if item.options.prompt
+            else []
+        )
         prompt: list[int] = self.model.get_prompt(tokenizer, previous, without_timestamps=False)
         return prompt
 
@@ -378,3 +384,8 @@ def compression_ratio(text: str) -> float:
     """Whisper's repetition measure: text bytes over zlib-compressed bytes."""
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _prompt_tail(prompt: str) -> str:
+    """The part of a prompt that can reach the model's last 223 prompt tokens."""
+    return prompt.strip()[-MAX_PROMPT_CHARS:]

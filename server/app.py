@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from importlib.metadata import version
 from typing import Any
 
 import anyio.to_thread
@@ -19,6 +20,8 @@ import msgspec
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
 from models.base import AudioArray, SpeechItem
 from models.registry import ModelLoadError, build_backend
@@ -177,9 +180,22 @@ def create_app(settings: Settings) -> Litestar:
         middleware=MIDDLEWARE,
         exception_handlers=exception_handlers(),
         cors_config=_cors(settings),
+        openapi_config=OPENAPI,
         request_max_body_size=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
         logging_config=None,  # the process configures logging once (server.logs)
     )
+
+
+OPENAPI = OpenAPIConfig(
+    title="voxserve",
+    version=version("voxserve"),
+    description="OpenAI-compatible speech-to-text and text-to-speech.",
+    components=Components(
+        security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+    ),
+    security=[{"bearer": []}],
+)
+"""Served at ``/schema`` (``/schema/openapi.json``), behind the API key like any route."""
 
 
 def _cors(settings: Settings) -> CORSConfig | None:

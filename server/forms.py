@@ -2,6 +2,11 @@
 
 The official SDK sends list fields as repeated ``name[]`` parts and objects as
 ``name[key]`` parts; both are folded back into one value before validation.
+
+Whatever a client sends, the answer is a 400 (or 413) that says what is wrong, not a
+500: text fields that are not UTF-8, too many parts, a field sent both as a value and
+as an object. Messages quote what was sent only in part, so a 300 kB field is not
+echoed back whole.
 """
 
 from __future__ import annotations
@@ -10,15 +15,46 @@ import re
 from typing import Any, TypeVar
 
 import msgspec
+from litestar import Request
 from litestar.datastructures import FormMultiDict, UploadFile
+from litestar.exceptions import ClientException
 
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, PayloadTooLarge
 
 StructT = TypeVar("StructT", bound=msgspec.Struct)
 
 _OBJECT_PART = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<key>[^\[\]]+)\]$")
 _ERROR_PATH = re.compile(r"at `\$\.(?P<param>[^`\[]+)")
 _ERROR_FIELD = re.compile(r"field `(?P<param>[^`]+)`")
+MAX_MESSAGE_CHARS = 400
+"""Validation messages quote the value they refuse; longer ones keep their two ends."""
+MAX_PARAM_CHARS = 100
+"""An unknown field's name is the param; a name longer than this is cut."""
+_TOO_MANY_PARTS = "Request Entity Too Large"
+"""Litestar's detail, with status 400, for a form over ``multipart_form_part_limit``."""
+
+
+async def read_form(request: Request[Any, Any, Any]) -> FormMultiDict:
+    """The request's form, with what Litestar refuses oddly made a clear 4xx.
+
+    Litestar decodes every part without a filename as UTF-8 text and lets the
+    ``UnicodeDecodeError`` out (a 500); it answers too many parts with a 400 that
+    says "Request Entity Too Large".
+    """
+    try:
+        return await request.form()
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            "A text field of the form is not valid UTF-8. Send text fields as UTF-8, "
+            "and the audio as a file upload (with a filename)."
+        ) from None
+    except ClientException as exc:
+        if exc.detail != _TOO_MANY_PARTS:
+            raise
+        limit = request.app.multipart_form_part_limit
+        raise PayloadTooLarge(
+            f"The form has too many parts; this server accepts at most {limit}."
+        ) from None
 
 
 def parse_form(
@@ -40,7 +76,12 @@ def parse_form(
         elif name.endswith("[]"):
             fields.setdefault(name, []).append(value)
         elif match := _OBJECT_PART.match(name):
-            fields.setdefault(match["name"], {})[match["key"]] = value
+            parts = fields.setdefault(match["name"], {})
+            if not isinstance(parts, dict):
+                raise _both_ways(match["name"])
+            parts[match["key"]] = value
+        elif isinstance(fields.get(name), dict):
+            raise _both_ways(name)
         elif value != "":  # an empty text field means "not given", as curl users expect
             fields[name] = value
     if upload is None:
@@ -50,7 +91,14 @@ def parse_form(
     try:
         return upload, msgspec.convert(fields, schema, strict=False)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"Invalid request: {exc}", param=_param_of(str(exc))) from exc
+        raise _invalid(exc) from exc
+
+
+def _both_ways(name: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The field '{name}' is sent both as a value and as an object ('{name}[key]').",
+        param=name,
+    )
 
 
 def decode_json(body: bytes, schema: type[StructT]) -> StructT:
@@ -58,11 +106,27 @@ def decode_json(body: bytes, schema: type[StructT]) -> StructT:
     try:
         return msgspec.json.decode(body, type=schema)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"Invalid request: {exc}", param=_param_of(str(exc))) from exc
+        raise _invalid(exc) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"The request body is not valid UTF-8 JSON: {exc}") from exc
     except RecursionError:  # msgspec's answer to JSON nested absurdly deep
         raise InvalidRequest("The request body is nested too deeply.") from None
+
+
+def _invalid(exc: msgspec.ValidationError) -> InvalidRequest:
+    message = str(exc)
+    param = _param_of(message)
+    if param and len(param) > MAX_PARAM_CHARS:
+        param = param[: MAX_PARAM_CHARS - 1] + "\u2026"
+    return InvalidRequest(f"Invalid request: {_clip(message)}", param=param)
+
+
+def _clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text``, or its head and tail (the path of the field) around an ellipsis."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    return f"{text[: limit - tail - 1]}\u2026{text[-tail:]}"
 
 
 def _param_of(message: str) -> str | None:

@@ -56,6 +56,12 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.decodes = Gauge(
+            "voxserve_decodes",
+            "Uploads being decoded (running) and waiting for a decode slot (waiting).",
+            ["state"],
+            registry=self.registry,
+        )
         self.model_states = Gauge(
             "voxserve_model_state",
             "1 for the state each catalog model is in, 0 for the others.",
@@ -114,6 +120,10 @@ class Metrics:
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.request_seconds.labels(route, method).observe(seconds)
+
+    def watch_decodes(self, running: Callable[[], float], waiting: Callable[[], float]) -> None:
+        self.decodes.labels("running").set_function(running)
+        self.decodes.labels("waiting").set_function(waiting)
 
     def watch_queue(self, model: str, depth: Callable[[], float]) -> None:
         self.queue_depth.labels(model).set_function(depth)

@@ -14,6 +14,10 @@ import msgspec
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 MAX_SPEECH_INPUT = 4096
+MAX_NAME_CHARS = 256
+
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)]
+"""A model, voice or language: bounded, so that the 404 or 400 that names it stays short."""
 
 
 Milliseconds = Annotated[int, msgspec.Meta(ge=0, le=10_000)]
@@ -31,8 +35,8 @@ class ServerVad(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class TranscriptionForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The fields of ``POST /v1/audio/transcriptions`` besides ``file``."""
 
-    model: str
-    language: str | None = None
+    model: Name
+    language: Name | None = None
     prompt: str | None = None
     response_format: ResponseFormat = "json"
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
@@ -47,7 +51,7 @@ class TranscriptionForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 class TranslationForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The fields of ``POST /v1/audio/translations`` besides ``file``."""
 
-    model: str
+    model: Name
     prompt: str | None = None
     response_format: ResponseFormat = "json"
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
@@ -129,15 +133,15 @@ class ModelList(msgspec.Struct, kw_only=True):
 class VoiceRef(msgspec.Struct, forbid_unknown_fields=True):
     """The SDK's ``{"id": ...}`` spelling of a voice."""
 
-    id: str
+    id: Name
 
 
 class SpeechRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The JSON body of ``POST /v1/audio/speech``."""
 
-    model: str
+    model: Name
     input: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SPEECH_INPUT)]
-    voice: str | VoiceRef
+    voice: Name | VoiceRef
     response_format: SpeechFormat = "mp3"
     speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] = 1.0
     stream_format: Literal["audio", "sse"] = "audio"

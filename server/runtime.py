@@ -63,6 +63,10 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.decodes = anyio.CapacityLimiter(self.settings.max_concurrent_decodes)
+        self.metrics.watch_decodes(
+            lambda: self.decodes.borrowed_tokens,
+            lambda: self.decodes.statistics().tasks_waiting,
+        )
         self.keys = KeyRing(_api_keys(self.settings))
         self.speech.observer = self.metrics
         self.idle.set()

@@ -1,5 +1,6 @@
 """Probes and metrics: ``/health`` (alive), ``/ready`` (models loaded, not draining),
-``/metrics``. All three are public by default (``public_paths``)."""
+``/metrics``. All three are public by default (``public_paths``), and the schema
+says so (``security=[{}]``: no key needed)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from server.errors import NotReady
 from server.runtime import LOADING_RETRY_AFTER, runtime
 
 
-@get("/health")
+@get("/health", security=[{}])
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/ready")
+@get("/ready", security=[{}])
 async def ready(request: Request[Any, Any, Any]) -> dict[str, str]:
     state = runtime(request)
     if not state.ready:
@@ -25,7 +26,7 @@ async def ready(request: Request[Any, Any, Any]) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@get("/metrics")
+@get("/metrics", security=[{}])
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     # CONTENT_TYPE_LATEST carries its charset: set it as is, not as a media type.
     headers = {"Content-Type": CONTENT_TYPE_LATEST}

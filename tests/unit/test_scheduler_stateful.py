@@ -112,7 +112,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.observer = Observer()
         self.scheduler: ModelScheduler[int, int] | None = None
         self.config = SchedulerConfig(1, 0, 1)
-        self.requests: list[tuple[AbstractContextManager[Ticket], list[int]]] = []
+        self.requests: list[tuple[AbstractContextManager[Ticket], Ticket, list[int]]] = []
         self.futures: dict[int, asyncio.Future[int]] = {}
         self.cancelled_unseen: set[int] = set()  # cancelled before any batch held them
         self.refused = 0
@@ -175,11 +175,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         if failing < count:
             items[failing] = -items[failing]
         self.next_item += count
-        self.requests[request][1].extend(items)
+        _, ticket, submitted = self.requests[request]
+        submitted.extend(items)
 
         async def submit_all() -> None:
             for item in items:
-                self.futures[item] = self.sched.submit(item)
+                self.futures[item] = self.sched.submit(item, ticket)
 
         self.loop.run_until_complete(submit_all())
 
@@ -188,13 +189,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         """A request arrives; if admitted, it submits its first items at once."""
         manager = self.sched.admit()
         try:
-            manager.__enter__()
+            ticket = manager.__enter__()
         except Overloaded:
             assert len(self.requests) >= self.config.max_queue_size
             self.refused += 1
         else:
             assert len(self.requests) < self.config.max_queue_size
-            self.requests.append((manager, []))
+            self.requests.append((manager, ticket, []))
             self.submit_items(len(self.requests) - 1, count, failing)
         self.pump()
 
@@ -224,7 +225,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(which=st.integers(0, 2))
     def release(self, which: int) -> None:
         """A request ends, as a handler's would: what it still waits for is withdrawn."""
-        manager, items = self.requests.pop(which % len(self.requests))
+        manager, _, items = self.requests.pop(which % len(self.requests))
         self.withdraw(items)
         manager.__exit__(None, None, None)
         self.pump()
@@ -317,7 +318,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.observer.rejections.count("queue_full") == self.refused
         assert self.scheduler is not None and self.scheduler.queue_depth == 0
         assert self.loop_errors == []
-        for manager, _ in self.requests:
+        for manager, _, _ in self.requests:
             manager.__exit__(None, None, None)
         self.requests.clear()
         assert self.sched.admitted == 0

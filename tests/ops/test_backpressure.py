@@ -1,0 +1,103 @@
+"""A full queue answers 429 before reading the upload; a long wait answers 503."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.api.test_errors import assert_error
+from tests.conftest import LiveServer, make_settings
+from tests.ops.rawhttp import post_without_body
+from tests.ops.test_disconnects import _wait_for
+from tests.ops.test_observability import metric
+from tests.speech import SENTENCES, spoken_wav
+
+
+@pytest.fixture(scope="module")
+def one_place() -> Iterator[LiveServer]:
+    """One request at a time on whisper-1, items one by one, and a 1 s queue timeout."""
+    settings = make_settings(
+        speech_models=(), max_queue_size=1, max_batch_size=1, max_queue_time=1.0
+    )
+    with LiveServer(settings) as live:
+        yield live
+
+
+def _busy(live: LiveServer, wav: bytes) -> tuple[threading.Thread, list[httpx.Response]]:
+    """Start a long transcription and return once its windows are queued."""
+    answers: list[httpx.Response] = []
+
+    def post() -> None:
+        with live.http() as http:
+            answers.append(
+                http.post(
+                    "/v1/audio/transcriptions",
+                    files={"file": ("long.wav", wav)},
+                    data={"model": "whisper-1"},
+                )
+            )
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    _wait_for(live, "voxserve_queue_depth", 1, model="whisper-1")
+    return thread, answers
+
+
+def test_a_full_queue_refuses_before_the_upload_is_read(
+    one_place: LiveServer, long_wav: tuple[bytes, str]
+) -> None:
+    thread, answers = _busy(one_place, long_wav[0])
+    try:
+        # 20 MB announced, a few bytes sent: only an answer before the body can arrive.
+        raw = post_without_body(one_place.base_url, "/v1/audio/transcriptions", 20 << 20)
+        with pytest.raises(openai.RateLimitError) as caught:
+            one_place.openai().audio.transcriptions.create(
+                model="whisper-1", file=("a.wav", spoken_wav(SENTENCES[0]))
+            )
+    finally:
+        thread.join()
+    assert raw.status == 429 and raw.seconds < 1.0, raw
+    assert int(raw.headers["retry-after"]) >= 1
+    assert b'"code":"queue_full"' in raw.body
+    assert caught.value.status_code == 429
+    assert answers[0].status_code == 200  # the one admitted is served in full
+    with one_place.http() as http:  # and its place is free again
+        after = http.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("a.wav", spoken_wav(SENTENCES[0]))},
+            data={"model": "whisper-1"},
+        )
+        metrics = http.get("/metrics").text
+    assert after.json()["text"] == SENTENCES[0]
+    assert metric(metrics, "voxserve_rejections_total", model="", reason="queue_full") >= 2
+
+
+def test_a_request_that_waits_past_max_queue_time_gets_503(long_wav: tuple[bytes, str]) -> None:
+    settings = make_settings(
+        speech_models=(), max_queue_size=4, max_batch_size=1, max_queue_time=0.3
+    )
+    with LiveServer(settings) as live:
+        thread, answers = _busy(live, long_wav[0])
+        try:
+            with live.http() as http:
+                late = http.post(
+                    "/v1/audio/transcriptions",
+                    files={"file": ("a.wav", spoken_wav(SENTENCES[0]))},
+                    data={"model": "whisper-1"},
+                )
+        finally:
+            thread.join()
+        metrics = httpx.get(f"{live.base_url}/metrics").text
+    assert_error(late, 503, None, "waited longer than 0.3 s")
+    assert late.json()["error"]["code"] == "queue_timeout"
+    assert int(late.headers["retry-after"]) >= 1
+    # The long request's own windows queue behind each other for longer than 0.3 s, but
+    # it was being served: the timeout bounds the wait for service, not the work.
+    assert answers[0].status_code == 200
+    assert (
+        metric(metrics, "voxserve_rejections_total", model="whisper-1", reason="queue_timeout") == 1
+    )
