@@ -212,6 +212,7 @@ class ModelScheduler(Generic[ItemT, ResultT]):
             raise Overloaded(
                 f"Model '{self.name}' is at capacity "
                 f"({self.config.max_queue_size} requests queued); retry later.",
+                code="queue_full",
                 retry_after=self.estimated_wait(),
             )
         self._admitted += 1

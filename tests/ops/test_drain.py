@@ -4,58 +4,16 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from benchmarks.server_process import serving
 from tests.api.test_errors import assert_error
 from tests.ops.test_observability import metric
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@contextmanager
-def serving(tmp_path: Path, **settings: Any) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = _free_port()
-    config = tmp_path / "voxserve.json"
-    values = {"port": port, "speech_models": [], "cpu_threads": 2, "log_format": "json"}
-    config.write_text(json.dumps({**values, **settings}))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "voxserve serve did not become ready"
-            try:
-                if httpx.get(f"{base_url}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        yield process, base_url
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
 
 
 def _post_in_background(base_url: str, wav: bytes) -> tuple[threading.Thread, list[Any]]:
