@@ -230,6 +230,7 @@ def test_admission_refuses_past_max_queue_size_with_a_retry_estimate() -> None:
                 with pytest.raises(Overloaded) as refused, scheduler.admit():
                     pass
                 assert refused.value.status_code == 429
+                assert refused.value.code == "queue_full"
                 assert refused.value.headers()["Retry-After"].isdigit()
             with scheduler.admit():  # places are given back when requests finish
                 assert scheduler.admitted == 1
