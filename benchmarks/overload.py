@@ -79,7 +79,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.server_process import serving
+from benchmarks.server_process import metric, serving
 from benchmarks.transcription_load import percentile, rounded
 from tests.speech import SENTENCES, duration_of, spoken_wav, word_error_rate
 
@@ -140,18 +140,6 @@ class Samples:
     queue_depth: list[float] = field(default_factory=list)
     in_flight: list[float] = field(default_factory=list)
     scrape_seconds: list[float] = field(default_factory=list)
-
-
-def sample_value(exposition: str, name: str, **labels: str) -> float:
-    """The value of sample ``name`` with exactly ``labels``; 0 if absent."""
-    for line in exposition.splitlines():
-        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
-        if match is None or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        if found == labels:
-            return float(match.group(3))
-    return 0.0
 
 
 def rejections_by_reason(exposition: str) -> dict[str, float]:
@@ -252,8 +240,8 @@ async def scrape_metrics(url: str, samples: Samples, stop: asyncio.Event) -> Non
                 text = None
             if text is not None:
                 samples.scrape_seconds.append(time.perf_counter() - started)
-                samples.queue_depth.append(sample_value(text, "voxserve_queue_depth", model=MODEL))
-                samples.in_flight.append(sample_value(text, "voxserve_requests_in_flight"))
+                samples.queue_depth.append(metric(text, "voxserve_queue_depth", model=MODEL))
+                samples.in_flight.append(metric(text, "voxserve_requests_in_flight"))
             pause = SCRAPE_INTERVAL_S - (time.perf_counter() - started)
             if pause > 0:
                 with suppress(TimeoutError):

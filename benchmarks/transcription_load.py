@@ -60,7 +60,6 @@ import math
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -78,6 +77,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.server_process import free_port
 from models.hardware import available_cpus
 from tests.speech import SENTENCES, duration_of, spoken_wav, word_error_rate, words
 
@@ -258,13 +258,6 @@ class ServerConfig:
             VOXSERVE_LOG_LEVEL="warning",  # no access log line per request
         )
         return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager

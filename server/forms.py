@@ -49,8 +49,8 @@ async def read_form(request: Request[Any, Any, Any]) -> FormMultiDict:
             "and the audio as a file upload (with a filename)."
         ) from None
     except ClientException as exc:
-        if exc.detail != _TOO_MANY_PARTS:
-            raise
+        if exc.status_code != 400 or exc.detail != _TOO_MANY_PARTS:
+            raise  # a body over the size limit is the same words with a 413: keep it
         limit = request.app.multipart_form_part_limit
         raise PayloadTooLarge(
             f"The form has too many parts; this server accepts at most {limit}."

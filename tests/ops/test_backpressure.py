@@ -9,11 +9,11 @@ import httpx
 import openai
 import pytest
 
+from benchmarks.server_process import metric
 from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer, make_settings
 from tests.ops.rawhttp import post_without_body
 from tests.ops.test_disconnects import _wait_for
-from tests.ops.test_observability import metric
 from tests.speech import SENTENCES, spoken_wav
 
 

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from benchmarks.server_process import metric
 from server.runtime import Runtime
 from tests.conftest import LiveServer, make_settings
-from tests.ops.test_observability import metric
 from tests.speech import wav_bytes
 
 

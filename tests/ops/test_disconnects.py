@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
+from benchmarks.server_process import metric
 from tests.conftest import LiveServer, make_settings
-from tests.ops.test_observability import metric
 from tests.speech import duration_of, spoken_wav
 
 ITEMS = "voxserve_queue_wait_seconds_count"  # one observation per item computed

@@ -11,9 +11,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.server_process import serving
+from benchmarks.server_process import metric, serving
 from tests.api.test_errors import assert_error
-from tests.ops.test_observability import metric
 
 
 def _post_in_background(base_url: str, wav: bytes) -> tuple[threading.Thread, list[Any]]:

@@ -6,27 +6,17 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from benchmarks.server_process import metric
 from server.logs import JsonFormatter, RequestIdFilter
 from server.settings import CatalogModel
 from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer, make_settings
 from tests.speech import duration_of, spoken_wav
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of the sample ``name`` with exactly ``labels`` (any order); 0 if absent."""
-    for line in text.splitlines():
-        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
-        if match is None or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        if found == labels:
-            return float(match.group(3))
-    return 0.0
 
 
 def test_a_model_that_fails_to_load_leaves_the_rest_serving(tmp_path: object) -> None:
@@ -150,6 +140,9 @@ def test_logs_are_json_with_request_ids_and_no_text_at_info(
             headers={"X-Request-ID": "trace-speech"},
         )
     assert transcribed.is_success and spoken.is_success
+    deadline = time.monotonic() + 5  # the access line follows the last byte sent
+    while '"trace-speech"' not in json_log.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert "lemonade" in transcribed.json()["text"].lower()  # the words were heard...
     lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
     by_id = {line["request_id"]: line for line in lines if line["logger"] == "voxserve.access"}
