@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test lint bench bench-quick
+.PHONY: serve test lint bench bench-quick bench-ops
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,3 +23,6 @@ bench: $(VENV)/.installed
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m benchmarks.transcription_load --quick
+
+bench-ops: $(VENV)/.installed
+	$(PY) -m benchmarks.overload && $(PY) -m benchmarks.soak
