@@ -30,7 +30,7 @@ from server.audio import AudioLimits
 from server.errors import exception_handlers
 from server.middleware import MIDDLEWARE
 from server.routes import ROUTES
-from server.runtime import Runtime
+from server.runtime import ModelState, Runtime
 from server.scheduler import ModelScheduler
 from server.settings import CatalogModel, Settings, SpeechModel
 from server.speech import SpeechEngine, Voice
@@ -50,18 +50,18 @@ async def load_models(state: Runtime) -> None:
             await _start_transcription(state, entry)
         except Exception as exc:
             _log_failure(f"model {entry.id!r}", exc)
-            state.failed([entry.id], str(exc))
+            state.set_state(entry.id, ModelState.FAILED)
         else:
-            state.loaded([entry.id])
+            state.set_state(entry.id, ModelState.READY)
     engines: dict[EngineSpec, SpeechEngine | Exception] = {}
     for model in state.settings.speech_models:
         try:
             state.speech.voices[model.id] = await _start_voices(state, model, engines)
         except Exception as exc:
             _log_failure(f"speech model {model.id!r}", exc)
-            state.failed([model.id], str(exc))
+            state.set_state(model.id, ModelState.FAILED)
         else:
-            state.loaded([model.id])
+            state.set_state(model.id, ModelState.READY)
 
 
 def _log_failure(what: str, exc: Exception) -> None:

@@ -27,8 +27,6 @@ EXTRA_FIELDS = (
     "status",
     "duration_ms",
     "client",
-    "model",
-    "reason",
 )
 """Attributes passed with ``extra=`` that the JSON lines carry as fields."""
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,18 +28,14 @@ from server.transcription import TranscriptionService
 
 LOADING_RETRY_AFTER = 5.0
 """Retry-After for a model still loading, and for a server that is not ready."""
+DRAIN_RETRY_AFTER = 1.0
+"""Retry-After while draining: another replica can take the request now."""
 
 
 class ModelState(enum.Enum):
     LOADING = "loading"
     READY = "ready"
-    FAILED = "failed"
-
-
-@dataclass
-class ModelStatus:
-    state: ModelState = ModelState.LOADING
-    error: str | None = None
+    FAILED = "failed"  # why is logged at load time, not served to unauthenticated probes
 
 
 @dataclass
@@ -49,7 +44,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     transcription: dict[str, TranscriptionService] = field(default_factory=dict)
     speech: SpeechService = field(default_factory=SpeechService)
-    models: dict[str, ModelStatus] = field(default_factory=dict)
+    models: dict[str, ModelState] = field(default_factory=dict)
     """Every catalog model id (transcription and speech) and how its loading went."""
     started_at: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False
@@ -63,6 +58,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.decodes = anyio.CapacityLimiter(self.settings.max_concurrent_decodes)
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.metrics.watch_decodes(
             lambda: self.decodes.borrowed_tokens,
             lambda: self.decodes.statistics().tasks_waiting,
@@ -72,46 +68,35 @@ class Runtime:
         self.idle.set()
         ids = [m.id for m in self.settings.models] + [m.id for m in self.settings.speech_models]
         for model_id in ids:
-            self.models[model_id] = ModelStatus()
-            self.metrics.model_state(model_id, ModelState.LOADING.value)
+            self.set_state(model_id, ModelState.LOADING)
 
     def request_started(self) -> None:
         self.in_flight += 1
         self.idle.clear()
-        self.metrics.in_flight.inc()
 
     def request_finished(self) -> None:
         self.in_flight -= 1
         if self.in_flight == 0:
             self.idle.set()
-        self.metrics.in_flight.dec()
 
     # -- model states --------------------------------------------------------------
 
-    def loaded(self, model_ids: Iterable[str]) -> None:
-        for model_id in model_ids:
-            self._set(model_id, ModelStatus(ModelState.READY))
-
-    def failed(self, model_ids: Iterable[str], error: str) -> None:
-        for model_id in model_ids:
-            self._set(model_id, ModelStatus(ModelState.FAILED, error))
-
-    def _set(self, model_id: str, status: ModelStatus) -> None:
-        self.models[model_id] = status
-        self.metrics.model_state(model_id, status.state.value)
+    def set_state(self, model_id: str, state: ModelState) -> None:
+        self.models[model_id] = state
+        self.metrics.model_state(model_id, state.value)
 
     def _require(self, model_id: str) -> None:
         """404 for a model not in the catalog; 503 for one loading or failed."""
-        status = self.models.get(model_id)
-        if status is None:
+        state = self.models.get(model_id)
+        if state is None:
             raise ModelNotFound(model_id)
-        if status.state is ModelState.LOADING:
+        if state is ModelState.LOADING:
             raise NotReady(
                 f"Model '{model_id}' is still loading; retry shortly.",
                 code="model_loading",
                 retry_after=LOADING_RETRY_AFTER,
             )
-        if status.state is ModelState.FAILED:
+        if state is ModelState.FAILED:
             raise NotReady(
                 f"Model '{model_id}' failed to load and is unavailable on this server.",
                 code="model_unavailable",
@@ -122,7 +107,7 @@ class Runtime:
         error = NotReady(
             "The server is shutting down and could not finish this request; retry it.",
             code="draining",
-            retry_after=1,
+            retry_after=DRAIN_RETRY_AFTER,
         )
         return sum(scheduler.fail_pending(error) for scheduler in self.schedulers())
 
@@ -139,17 +124,23 @@ class Runtime:
         self._require(model)
         return self.speech.voice(model, name)
 
-    def schedulers(self) -> list[ModelScheduler[Any, Any]]:
-        schedulers: list[ModelScheduler[Any, Any]] = [
-            service.scheduler for service in self.transcription.values()
-        ]
-        return schedulers + [engine.scheduler for engine in self.speech.engines]
+    def schedulers(self, kind: str | None = None) -> list[ModelScheduler[Any, Any]]:
+        """Every running model's scheduler, or those of one kind (a route's ``queue``):
+        ``"transcription"`` or ``"speech"``."""
+        if kind not in (None, "transcription", "speech"):
+            raise ValueError(f"unknown queue kind {kind!r}")
+        schedulers: list[ModelScheduler[Any, Any]] = []
+        if kind in (None, "transcription"):
+            schedulers += [service.scheduler for service in self.transcription.values()]
+        if kind in (None, "speech"):
+            schedulers += [engine.scheduler for engine in self.speech.engines]
+        return schedulers
 
     @property
     def ready(self) -> bool:
         return (
             not self.draining
-            and all(status.state is ModelState.READY for status in self.models.values())
+            and all(state is ModelState.READY for state in self.models.values())
             and all(scheduler.running for scheduler in self.schedulers())
         )
 
@@ -157,9 +148,9 @@ class Runtime:
         if self.draining:
             return "The server is draining for shutdown."
         pending = [
-            f"{model_id} {status.state.value}"
-            for model_id, status in self.models.items()
-            if status.state is not ModelState.READY
+            f"{model_id} {state.value}"
+            for model_id, state in self.models.items()
+            if state is not ModelState.READY
         ]
         if pending:
             return "Not every model is loaded: " + ", ".join(pending) + "."

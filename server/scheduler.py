@@ -124,7 +124,6 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         self._admitted = 0
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
-        self._in_flight = False  # a batch is in the worker thread
         self._batch: list[_Entry[ItemT, ResultT]] = []  # the batch in the worker thread
         self._batch_seconds = 0.0  # moving average, for Retry-After
 
@@ -191,7 +190,7 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         """
         limit = self.config.max_batch_size
         batches = sum(-(-count // limit) for count in self._waiting.values())
-        batches += 1 if self._in_flight else 0
+        batches += 1 if self._batch else 0
         return max(batches, 1) * max(self._batch_seconds, 0.1)
 
     def _reject(self, reason: str) -> None:
@@ -337,14 +336,12 @@ class ModelScheduler(Generic[ItemT, ResultT]):
     async def _execute(self, batch: list[_Entry[ItemT, ResultT]]) -> None:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        self._in_flight = True
         self._batch = batch
         try:
             outcomes = await loop.run_in_executor(
                 self._executor, self._compute, [e.item for e in batch]
             )
         finally:
-            self._in_flight = False
             self._batch = []
         seconds = time.monotonic() - started
         self._batch_seconds = (

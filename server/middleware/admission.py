@@ -16,25 +16,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import HTTPScope, Receive, Send
 
 from server.errors import NotReady, Overloaded, send_error
-from server.runtime import Runtime
+from server.middleware.base import HttpMiddleware
+from server.runtime import DRAIN_RETRY_AFTER, Runtime
 from server.scheduler import ModelScheduler
 
-DRAIN_RETRY_AFTER = 1.0
 
+class Admission(HttpMiddleware):
+    skip_public_paths = True
 
-class Admission:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        runtime: Runtime = scope["litestar_app"].state.runtime
-        if scope["type"] != ScopeType.HTTP or scope["path"] in runtime.settings.public_paths:
-            await self.app(scope, receive, send)
-            return
+    async def handle(
+        self, scope: HTTPScope, receive: Receive, send: Send, runtime: Runtime
+    ) -> None:
         if runtime.draining:
             runtime.metrics.rejected("", "draining")
             error = NotReady(
@@ -46,20 +41,12 @@ class Admission:
             return
         queue = scope["route_handler"].opt.get("queue")
         if queue is not None:
-            full = _all_full(_queues(runtime, queue))
+            full = _all_full(runtime.schedulers(queue))
             if full is not None:
                 runtime.metrics.rejected("", "queue_full")
                 await send_error(send, full)
                 return
         await self.app(scope, receive, send)
-
-
-def _queues(runtime: Runtime, queue: str) -> list[ModelScheduler[Any, Any]]:
-    if queue == "transcription":
-        return [service.scheduler for service in runtime.transcription.values()]
-    if queue == "speech":
-        return [engine.scheduler for engine in runtime.speech.engines]
-    raise ValueError(f"unknown queue kind {queue!r}")
 
 
 def _all_full(schedulers: list[ModelScheduler[Any, Any]]) -> Overloaded | None:

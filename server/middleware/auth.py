@@ -8,11 +8,11 @@ CORS middleware answers those before routing.
 
 from __future__ import annotations
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import HTTPScope, Receive, Send
 
 from server.auth import bearer_token
 from server.errors import Unauthorized, send_error
+from server.middleware.base import HttpMiddleware
 from server.runtime import Runtime
 
 MISSING_KEY = (
@@ -22,18 +22,14 @@ MISSING_KEY = (
 WRONG_KEY = "Incorrect API key provided."
 
 
-class ApiKeyGuard:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+class ApiKeyGuard(HttpMiddleware):
+    skip_public_paths = True
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        runtime: Runtime = scope["litestar_app"].state.runtime
+    async def handle(
+        self, scope: HTTPScope, receive: Receive, send: Send, runtime: Runtime
+    ) -> None:
         keys = runtime.keys
-        if (
-            scope["type"] != ScopeType.HTTP
-            or not keys
-            or scope["path"] in runtime.settings.public_paths
-        ):
+        if not keys:  # open API (warned at start)
             await self.app(scope, receive, send)
             return
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)

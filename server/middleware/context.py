@@ -15,10 +15,10 @@ import time
 import uuid
 from typing import Any
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import HTTPScope, Message, Receive, Scope, Send
 
 from server.logs import REQUEST_ID
+from server.middleware.base import HttpMiddleware
 from server.runtime import Runtime
 
 logger = logging.getLogger("voxserve.access")
@@ -38,15 +38,10 @@ def request_id_of(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-class RequestContext:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
-        runtime: Runtime = scope["litestar_app"].state.runtime
+class RequestContext(HttpMiddleware):
+    async def handle(
+        self, scope: HTTPScope, receive: Receive, send: Send, runtime: Runtime
+    ) -> None:
         method = scope["method"]
         request_id = request_id_of(scope)
         token = REQUEST_ID.set(request_id)
@@ -73,11 +68,14 @@ class RequestContext:
                 runtime.request_finished()
             route = scope.get("path_template") or scope["path"]
             runtime.metrics.request_done(route, method, status, seconds)
-            _log_access(scope, method, route, status, seconds)
+            _log_access(scope, method, route, status, seconds, quiet=not counted)
             REQUEST_ID.reset(token)
 
 
-def _log_access(scope: Scope, method: str, route: str, status: int, seconds: float) -> None:
+def _log_access(
+    scope: Scope, method: str, route: str, status: int, seconds: float, *, quiet: bool
+) -> None:
+    """One line per request; at DEBUG for the public paths (probes, scrapes)."""
     client = scope.get("client")
     fields: dict[str, Any] = {
         "method": method,
@@ -87,9 +85,8 @@ def _log_access(scope: Scope, method: str, route: str, status: int, seconds: flo
         "duration_ms": round(seconds * 1000, 1),
         "client": f"{client[0]}:{client[1]}" if client else None,
     }
-    level = logging.DEBUG if scope["path"] in ("/health", "/ready", "/metrics") else logging.INFO
     logger.log(
-        level,
+        logging.DEBUG if quiet else logging.INFO,
         "%s %s %d %.1f ms",
         method,
         scope["path"],

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import asyncio
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
+from litestar.types import HTTPScope, Message, Receive, ReceiveMessage, Send
+
+from server.middleware.base import HttpMiddleware
+from server.runtime import Runtime
 
 
-class CancelOnDisconnect:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
+class CancelOnDisconnect(HttpMiddleware):
+    async def handle(
+        self, scope: HTTPScope, receive: Receive, send: Send, runtime: Runtime
+    ) -> None:
         body_read = asyncio.Event()
         disconnected = asyncio.Event()
         started = False
