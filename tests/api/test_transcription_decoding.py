@@ -52,7 +52,10 @@ def test_temperature_zero_climbs_the_ladder_without_holding_back_others(
     run("plain", plain)
     loop.join()
     assert _fallbacks(server) - before == 5  # 0.2, 0.4, 0.6, 0.8 and 1.0 after 0.0
-    assert "Yes" in texts["loop"]  # every try failed: Whisper's best is still returned
+    # Every try failed, and Whisper's best of them is still returned (not dropped). Which
+    # one is best depends on unseeded sampling: at 1.0 tiny.en sometimes loops "S S S"
+    # with a higher mean log-probability than "Yes, yes", so only non-empty is certain.
+    assert texts["loop"].strip()
     assert texts["plain"] == SENTENCES[6]
     # The plain request shared no fate with the retried window: it was done long before.
     assert finished["plain"] < finished["loop"] / 2
