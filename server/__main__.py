@@ -1,4 +1,5 @@
-"""The ``voxserve`` command: ``serve`` runs the server, ``models`` prints the catalogs."""
+"""The ``voxserve`` command: ``serve`` runs the server; ``models list`` and ``models pull``
+manage the weights in the model cache."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import msgspec
 import uvicorn
 
 from server.app import create_app
 from server.logs import configure_logging
+from server.model_commands import list_command, pull_command
 from server.process import SHUTDOWN_GRACE_SECONDS, DrainingServer
 from server.settings import Settings, SettingsError, load_settings
 
@@ -22,23 +23,44 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 8000)")
     serve.add_argument("--config", help="settings file, TOML or JSON")
-    models = commands.add_parser("models", help="print the model and voice catalogs as JSON")
-    models.add_argument("--config", help="settings file, TOML or JSON")
+    models = commands.add_parser("models", help="list or pull the catalogs' weights")
+    actions = models.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the catalogs and the library, and what is on disk")
+    listing.add_argument("--json", action="store_true", help="one JSON document")
+    pulling = actions.add_parser(
+        "pull",
+        help="download and verify weights from the hub into the model cache",
+        description="Honours HF_ENDPOINT (a mirror), HF_TOKEN and HF_HUB_OFFLINE=1 (verify "
+        "the cache only); a cut download resumes.",
+    )
+    pulling.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME|PRESET",
+        help="catalog names, presets or hub ids; none: what the configured catalogs name",
+    )
+    for sub in (listing, pulling):
+        sub.add_argument("--config", help="settings file, TOML or JSON")
+        sub.add_argument("--cache-dir", help="model cache (default: model_cache_dir)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
+    overrides = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "model_cache_dir": getattr(args, "cache_dir", None),
+    }
     try:
         settings = load_settings(args.config, overrides=overrides)
     except SettingsError as exc:
         print(f"voxserve: {exc}", file=sys.stderr)
         return 2
+    if args.command == "models" and args.action == "list":
+        return list_command(settings, as_json=args.json)
     if args.command == "models":
-        catalogs = {"models": settings.models, "speech_models": settings.speech_models}
-        print(msgspec.json.format(msgspec.json.encode(catalogs)).decode())
-        return 0
+        return pull_command(args.names, settings)
     return serve(settings)
 
 

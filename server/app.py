@@ -27,12 +27,13 @@ from models.base import AudioArray, SpeechItem
 from models.registry import ModelLoadError, build_backend
 from models.voices import EngineSpec, build_speech_backend
 from server.audio import AudioLimits
+from server.catalog import CatalogModel, SpeechModel
 from server.errors import exception_handlers
 from server.middleware import MIDDLEWARE
 from server.routes import ROUTES
 from server.runtime import ModelState, Runtime
 from server.scheduler import ModelScheduler
-from server.settings import CatalogModel, Settings, SpeechModel
+from server.settings import Settings
 from server.speech import SpeechEngine, Voice
 from server.transcription import TranscriptionService
 
@@ -123,7 +124,9 @@ async def _start_voices(
 
 
 async def _start_engine(state: Runtime, spec: EngineSpec, name: str) -> SpeechEngine:
-    backend = await anyio.to_thread.run_sync(build_speech_backend, spec)
+    backend = await anyio.to_thread.run_sync(
+        build_speech_backend, spec, state.settings.model_cache_dir
+    )
     config = state.settings.speech_config()
     config = msgspec.structs.replace(
         config, max_batch_size=min(config.max_batch_size, backend.max_batch_size)

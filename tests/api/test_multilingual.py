@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from server.settings import CatalogModel
+from server.catalog import CatalogModel
 from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer, make_settings
 from tests.speech import SENTENCES, japanese_wav, spoken_wav

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from server.app import create_app
-from server.settings import CatalogModel
+from server.catalog import CatalogModel
 from tests.conftest import LiveServer, make_settings
 from tests.speech import SENTENCES, spoken_wav
 

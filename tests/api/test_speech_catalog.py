@@ -9,7 +9,7 @@ import time
 import pytest
 
 from models.voices import VoiceSpec
-from server.settings import SpeechModel
+from server.catalog import SpeechModel
 from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer, make_settings
 from tests.speech import decode_native

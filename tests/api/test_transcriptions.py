@@ -62,7 +62,7 @@ def test_a_file_longer_than_a_window_is_transcribed_in_order(
 
 def test_a_second_resident_model_from_a_local_directory(sentence_wavs: list[bytes]) -> None:
     from models.registry import resolve_weights
-    from server.settings import CatalogModel
+    from server.catalog import CatalogModel
     from tests.conftest import make_settings
 
     local = resolve_weights("embedded:tiny.en")

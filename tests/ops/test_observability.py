@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from benchmarks.server_process import metric
+from server.catalog import CatalogModel
 from server.logs import JsonFormatter, RequestIdFilter
-from server.settings import CatalogModel
 from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer, make_settings
 from tests.speech import duration_of, spoken_wav

@@ -19,9 +19,11 @@ requests lie between the two quarters' medians) and fails: keeping every upload'
 decoded audio (a 3 s sentence is 0.2 MiB of float32 at 16 kHz) or every answer's
 synthesized audio (0.3 MiB at 24 kHz) is about that.
 
-Four clients, not more: with eight, glibc's per-thread malloc arenas (up to 8 per
-core, each keeping up to 64 MiB resident once a busy thread has used it) now and then
-make RSS step up by ~60 MiB, which is allocator high-water, not a leak.
+The server runs with ``MALLOC_ARENA_MAX=2``, as the CUDA image and the chart run it.
+With glibc's default (up to 8 arenas per core, each keeping up to 64 MiB resident once
+a busy thread has used it) RSS now and then steps by ~60 MiB, which is allocator
+high-water, not a leak; one such step inside the measured quarters failed this test
+once in CI. Four clients, not more, for the same reason.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ MAX_SETTLED_GROWTH_MB = 20.0
 
 
 def test_rss_stays_flat_under_a_mixed_load() -> None:
-    report = run(requests=REQUESTS, warmup=30, concurrency=4, sample_every=40)
+    report = run(requests=REQUESTS, warmup=30, concurrency=4, sample_every=40, malloc_arena_max=2)
+    print(report)  # shown when an assertion fails
     assert report["unexpected"] == 0, report["unexpected_examples"]
     statuses = report["requests_by_status"]
     assert set(statuses) <= {"200", "400", "404"}, statuses

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import CatalogModel, Settings, SettingsError, load_settings
+from server.catalog import CatalogModel
+from server.settings import Settings, SettingsError, load_settings
 
 
 def test_defaults_serve_whisper_1_on_the_embedded_model() -> None:
