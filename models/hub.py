@@ -84,19 +84,19 @@ def pull(source: HubSource, cache_dir: Path, *, token: str | None = None) -> Sna
         if bad:
             raise HubError(f"{source.repo}: cached files changed since they were verified: {bad}")
         return _snapshot(folder, commit, manifest)
-    records = _verify(folder, listing)
-    if isinstance(records, list):  # some files failed: fetch those once more
+    for attempt in (1, 2):  # a file that fails is evicted and fetched once more
+        records = _verify(folder, listing)
+        if not isinstance(records, list):
+            break
         for path in records:
             _evict(folder / path)
-        folder = _download(source, cache_dir, token)
-        records = _verify(folder, listing)
-        if isinstance(records, list):
-            for path in records:
-                _evict(folder / path)
+        if attempt == 2:
             raise HubError(
                 f"{source.repo}: {', '.join(records)} failed verification against the hub's "
                 "checksums twice (removed from the cache)"
             )
+        folder = _download(source, cache_dir, token)
+    assert not isinstance(records, list)
     manifest = Manifest(repo=source.repo, commit=commit, files_wanted=source.files, files=records)
     _write_manifest(cache_dir, manifest)
     return _snapshot(folder, commit, manifest)
@@ -160,7 +160,7 @@ def _download(source: HubSource, cache_dir: Path, token: str | None) -> Path:
     path = Path(str(folder))
     present = _files(path)
     wanted = [p for p in source.files if p not in source.optional]
-    missing = [p for p in wanted if not any(_matches(f, p) for f in present)]
+    missing = [p for p in wanted if not any(fnmatch(f, p) for f in present)]
     if missing:
         raise HubError(f"{source.repo} at {source.revision} has no file matching {missing}")
     return path
@@ -186,7 +186,7 @@ def _remote_listing(source: HubSource, commit: str, token: str | None) -> dict[s
         return {
             entry.path: entry
             for entry in entries
-            if isinstance(entry, RepoFile) and any(_matches(entry.path, p) for p in source.files)
+            if isinstance(entry, RepoFile) and any(fnmatch(entry.path, p) for p in source.files)
         }
     except Exception:  # the hub went away since the download: verify as if offline
         return None
@@ -272,7 +272,3 @@ def _snapshot(folder: Path, commit: str, manifest: Manifest) -> Snapshot:
 
 def _files(folder: Path) -> list[str]:
     return [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-
-
-def _matches(path: str, pattern: str) -> bool:
-    return fnmatch(path, pattern)

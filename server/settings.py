@@ -159,6 +159,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     ] = 8 << 30
 
     def __post_init__(self) -> None:
+        # A catalog left at its default (the very same object, not an equal one a config
+        # spelled out) is the preset's.
+        transcription, speech = PRESETS[self.preset]
+        if self.models is DEFAULT_CATALOG:
+            msgspec.structs.force_setattr(self, "models", transcription)
+        if self.speech_models is DEFAULT_SPEECH_CATALOG:
+            msgspec.structs.force_setattr(self, "speech_models", speech)
         ids = [m.id for m in self.models] + [m.id for m in self.speech_models]
         if len(set(ids)) != len(ids):
             raise ValueError(f"model ids must be unique, got {ids}")
@@ -234,11 +241,6 @@ def load_settings(
     raw: dict[str, Any] = _read_config_file(Path(config_file)) if config_file else {}
     raw.update(_from_env(env))
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    preset = raw.get("preset", "embedded")
-    if preset in PRESETS:  # an unknown one is left for validation to name
-        transcription, speech = PRESETS[preset]
-        raw.setdefault("models", msgspec.to_builtins(transcription))
-        raw.setdefault("speech_models", msgspec.to_builtins(speech))
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except (msgspec.ValidationError, ValueError) as exc:

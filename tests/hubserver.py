@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -229,9 +227,3 @@ def _send(
         request.send_header(key, value)
     request.end_headers()
     request.wfile.write(body)
-
-
-@contextmanager
-def serving(repos: dict[str, Repo]) -> Iterator[FakeHub]:
-    with FakeHub(repos) as hub:
-        yield hub

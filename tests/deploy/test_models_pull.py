@@ -31,7 +31,7 @@ from models.library import LIBRARY
 from server.model_commands import targets
 from server.settings import load_settings
 from tests.conftest import LiveServer
-from tests.hubserver import LFS_THRESHOLD, FakeHub, Repo, serving
+from tests.hubserver import LFS_THRESHOLD, FakeHub, Repo
 from tests.speech import SENTENCES, spoken_wav, word_error_rate
 
 REPO = "acme/whisper-mini"
@@ -76,7 +76,7 @@ def cache(tmp_path: Path) -> Path:
 
 
 def test_pull_fetches_verifies_and_is_idempotent(cache: Path) -> None:
-    with serving({REPO: Repo(dict(FILES))}) as hub:
+    with FakeHub({REPO: Repo(dict(FILES))}) as hub:
         first = voxserve("models", "pull", REPO, cache=cache, hub=hub)
         assert first.returncode == 0, first.stderr
         assert "verified 0.3 MB" in first.stdout
@@ -102,7 +102,7 @@ def test_a_cut_download_resumes_with_a_range_request(cache: Path) -> None:
     from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE
 
     model = _rng.integers(0, 256, 24 << 20, dtype=np.uint8).tobytes()
-    with serving({REPO: Repo(FILES | {"model.bin": model}, cut={"model.bin"})}) as hub:
+    with FakeHub({REPO: Repo(FILES | {"model.bin": model}, cut={"model.bin"})}) as hub:
         result = voxserve("models", "pull", REPO, cache=cache, hub=hub)
         gets = hub.gets("model.bin")
     assert result.returncode == 0, result.stderr
@@ -115,7 +115,7 @@ def test_content_that_fails_the_hubs_checksum_is_refused_and_removed(cache: Path
     flipped = bytearray(FILES["model.bin"])
     flipped[1000] ^= 0xFF  # same size: the client's own size check passes
     repo = Repo(dict(FILES), corrupt={"model.bin": bytes(flipped)})
-    with serving({REPO: repo}) as hub:
+    with FakeHub({REPO: repo}) as hub:
         result = voxserve("models", "pull", REPO, cache=cache, hub=hub)
         assert len(hub.gets("model.bin")) == 2  # fetched once more before giving up
     assert result.returncode == 1
@@ -127,14 +127,14 @@ def test_content_that_fails_the_hubs_checksum_is_refused_and_removed(cache: Path
 
 def test_a_small_file_is_checked_by_its_git_blob_id(cache: Path) -> None:
     repo = Repo(dict(FILES), corrupt={"config.json": FILES["config.json"].replace(b"[]", b"{}")})
-    with serving({REPO: repo}) as hub:
+    with FakeHub({REPO: repo}) as hub:
         result = voxserve("models", "pull", REPO, cache=cache, hub=hub)
     assert result.returncode == 1
     assert "config.json failed verification" in result.stderr
 
 
 def test_a_private_repo_needs_hf_token(cache: Path) -> None:
-    with serving({REPO: Repo(dict(FILES), token="hf_secret")}) as hub:
+    with FakeHub({REPO: Repo(dict(FILES), token="hf_secret")}) as hub:
         denied = voxserve("models", "pull", REPO, cache=cache, hub=hub)
         assert denied.returncode == 1
         assert "HF_TOKEN" in denied.stderr
@@ -144,7 +144,7 @@ def test_a_private_repo_needs_hf_token(cache: Path) -> None:
 
 
 def test_offline_pull_verifies_the_cache_and_catches_changes(cache: Path) -> None:
-    with serving({REPO: Repo(dict(FILES))}) as hub:
+    with FakeHub({REPO: Repo(dict(FILES))}) as hub:
         assert voxserve("models", "pull", REPO, cache=cache, hub=hub).returncode == 0
     offline = voxserve("models", "pull", REPO, cache=cache, hub=None, HF_HUB_OFFLINE="1")
     assert offline.returncode == 0, offline.stderr
@@ -170,7 +170,7 @@ def test_offline_with_nothing_cached_says_so(cache: Path) -> None:
 
 
 def test_unknown_names_and_repos_are_clear_errors(cache: Path) -> None:
-    with serving({REPO: Repo(dict(FILES))}) as hub:
+    with FakeHub({REPO: Repo(dict(FILES))}) as hub:
         unknown = voxserve("models", "pull", "whisper-huge", cache=cache, hub=hub)
         missing = voxserve("models", "pull", "acme/nothing-here", cache=cache, hub=hub)
         revision = voxserve("models", "pull", f"{REPO}@v9", cache=cache, hub=hub)
@@ -221,7 +221,7 @@ def _stand_in_repos() -> dict[str, Repo]:
 
 @pytest.fixture
 def pulled_cpu_preset(cache: Path) -> Iterator[Path]:
-    with serving(_stand_in_repos()) as hub:
+    with FakeHub(_stand_in_repos()) as hub:
         result = voxserve("models", "pull", cache=cache, hub=hub, VOXSERVE_PRESET="cpu")
         assert result.returncode == 0, result.stderr
         assert "whisper-small.en: verified" in result.stdout
