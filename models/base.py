@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -145,6 +145,60 @@ class SpeechToTextBackend(Protocol):
 
     def transcribe_batch(self, items: Sequence[TranscriptionItem]) -> list[WindowTranscript]:
         """Transcribe every item, returning one result per item in the same order."""
+        ...
+
+
+class SpeechToTextModel(Protocol):
+    """What the transcription service asks of any speech-to-text engine, whole-batch or step."""
+
+    window_seconds: float
+
+    @property
+    def multilingual(self) -> bool: ...
+
+
+# -- the step contract (continuous batching) -------------------------------------------
+
+StepItemT = TypeVar("StepItemT", contravariant=True)
+StepResultT = TypeVar("StepResultT", covariant=True)
+
+
+class StepEngine(Protocol[StepItemT, StepResultT]):
+    """An engine that keeps a running batch of rows and advances it one step at a time.
+
+    The caller (the scheduler) owns the policy: it decides which items enter which
+    free rows and when, and which rows to drop; the engine only computes. Rows are
+    ``0 .. rows - 1``; an item's row is free again as soon as its result (or error)
+    has been returned, or once it was released.
+    """
+
+    @property
+    def rows(self) -> int:
+        """How many items can run at once."""
+        ...
+
+    @property
+    def running(self) -> int:
+        """Rows in use now."""
+        ...
+
+    def load(self) -> None:
+        """Load the weights. Called once, before any step, in the worker thread."""
+        ...
+
+    def admit(
+        self, assignments: Sequence[tuple[int, StepItemT]]
+    ) -> Sequence[tuple[int, BaseException]]:
+        """Start each item in its (free) row; those that cannot start come back with
+        their error, and their rows stay free."""
+        ...
+
+    def step(self) -> Sequence[tuple[int, StepResultT | BaseException]]:
+        """Advance every running row by one step; the items that finished, by row."""
+        ...
+
+    def release(self, rows: Sequence[int]) -> None:
+        """Stop ``rows`` now, uncomputed; they are free at once."""
         ...
 
 

@@ -10,10 +10,19 @@ says where its weights are:
   joined once into the cache directory, checksum verified;
 - a local directory holding a CTranslate2 Whisper conversion (``model.bin``,
   ``config.json``, ``tokenizer.json``);
+- a local directory holding a Hugging Face transformers Whisper model
+  (``config.json``, ``*.safetensors``, ``tokenizer.json``);
 - a name from :data:`models.library.LIBRARY` (``whisper-large-v3-turbo``) or any
-  hub repository id (``Systran/faster-whisper-small``, ``owner/name@revision``):
-  loaded from the model cache, where ``voxserve models pull`` put it verified,
-  or pulled into it first on a machine that reaches the hub.
+  hub repository id (``Systran/faster-whisper-small``, ``openai/whisper-large-v3``,
+  ``owner/name@revision``): loaded from the model cache, where ``voxserve models
+  pull`` put it verified, or pulled into it first on a machine that reaches the hub.
+
+An entry also chooses its engine: ``ctranslate2`` (whole batches; the CPU default)
+or ``torch`` (transformers modules, continuous batching; the GPU engine). By
+default the weights decide: CTranslate2 weights run on CTranslate2, transformers
+weights on torch. The torch engine runs CTranslate2 weights too, converted once
+into the cache (:mod:`models.ct2_convert`); the CTranslate2 engine cannot run
+transformers weights.
 """
 
 from __future__ import annotations
@@ -24,14 +33,24 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from models.base import SpeechToTextBackend
+from models.base import (
+    SpeechToTextBackend,
+    SpeechToTextModel,
+    StepEngine,
+    TranscriptionItem,
+    WindowTranscript,
+)
 from models.hardware import available_cpus, resolve_compute_type, resolve_device
 from models.hub import HubError
+
+if TYPE_CHECKING:
+    from models.whisper_torch import WhisperTorchEngine
 
 
 def _tiny_en(cache_dir: Path) -> Path:
@@ -94,14 +113,29 @@ class ModelSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     """How to load one model. ``None`` fields take the server-wide default."""
 
     id: str
-    backend: Literal["whisper-ct2"] = "whisper-ct2"
+    engine: Literal["ctranslate2", "torch"] | None = None
+    """``None``: the weights' own engine (CTranslate2 weights on ctranslate2,
+    transformers weights on torch)."""
     weights: str = "embedded:tiny.en"
     device: Literal["auto", "cpu", "cuda"] | None = None
     compute_type: str | None = None
+    """CTranslate2: its compute types (``int8``, ``float16``...); torch: ``float32``,
+    ``float16`` or ``bfloat16``; ``auto`` picks for the device."""
     cpu_threads: int | None = None
     beam_size: int = 5
+    """CTranslate2 only; the torch engine decodes greedily."""
     encoder_batch_size: int = 0
-    """Windows per encoder call; 0 is the whole batch on CUDA and 1 on the CPU."""
+    """Windows per encoder call; 0 is the whole batch on CUDA and 1 on the CPU
+    (CTranslate2), the whole admission (torch)."""
+    batching: Literal["continuous", "whole"] = "continuous"
+    """torch only: a running batch that windows join and leave at every step, or
+    whole batches as CTranslate2 runs them (for comparison)."""
+    cuda_graphs: bool = True
+    """torch on CUDA: capture the decode step as CUDA graphs (one per row-count bucket)."""
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1 or self.encoder_batch_size < 0:
+            raise ValueError("beam_size must be at least 1 and encoder_batch_size not negative")
 
 
 class ModelLoadError(Exception):
@@ -122,8 +156,7 @@ def resolve_weights(weights: str, cache_dir: str | None = None) -> str:
         return str(EMBEDDED_WEIGHTS[name](cache_path(cache_dir)))
     path = Path(weights).expanduser()
     if path.is_dir():
-        if not (path / "model.bin").is_file():
-            raise ModelLoadError(f"{path} holds no CTranslate2 model (model.bin is missing)")
+        weights_format(path)  # refuses a directory that holds neither kind
         return str(path)
     if weights.startswith((".", "/", "~")):
         raise ModelLoadError(f"model directory {weights!r} does not exist")
@@ -142,18 +175,105 @@ def resolve_weights(weights: str, cache_dir: str | None = None) -> str:
         raise ModelLoadError(str(exc)) from exc
 
 
+WeightsFormat = Literal["ctranslate2", "transformers"]
+
+
+def weights_format(path: Path) -> WeightsFormat:
+    """Which kind of Whisper weights a directory holds."""
+    if (path / "model.bin").is_file():
+        return "ctranslate2"
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return "transformers"
+    raise ModelLoadError(
+        f"{path} holds no Whisper model: neither CTranslate2's model.bin nor a transformers "
+        "config.json with .safetensors weights"
+    )
+
+
 def cache_path(cache_dir: str | None) -> Path:
     """The model cache directory, ``~`` expanded."""
     return Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
 
 
-def build_backend(spec: ModelSpec, cache_dir: str | None = None) -> SpeechToTextBackend:
-    """A backend for ``spec``, not yet loaded (loading belongs to its worker thread)."""
+@dataclass(frozen=True, slots=True)
+class TranscriptionEngine:
+    """A built (not yet loaded) speech-to-text model and the contract it is driven by."""
+
+    model: SpeechToTextModel
+    load: Callable[[], None]
+    whole: SpeechToTextBackend | None = None
+    """Driven a whole batch at a time."""
+    steps: StepEngine[TranscriptionItem, WindowTranscript] | None = None
+    """Driven step by step, rows joining and leaving a running batch."""
+
+
+def build_engine(
+    spec: ModelSpec, cache_dir: str | None = None, *, rows: int
+) -> TranscriptionEngine:
+    """The engine for ``spec``, not yet loaded (loading belongs to its worker thread).
+
+    ``rows`` is the torch engine's running-batch size (the scheduler's
+    ``max_batch_size``); CTranslate2 batches as its scheduler hands it work.
+    """
+    path = Path(resolve_weights(spec.weights, cache_dir))
+    found = weights_format(path)
+    engine = spec.engine or ("torch" if found == "transformers" else "ctranslate2")
+    if engine == "ctranslate2":
+        if found != "ctranslate2":
+            raise ModelLoadError(
+                f"{spec.weights!r} are transformers weights: serve them with engine "
+                '"torch", or convert them with ct2-transformers-converter'
+            )
+        backend = build_backend(spec, str(path))
+        return TranscriptionEngine(model=backend, load=backend.load, whole=backend)
+    torch_engine = _torch_engine(spec, path, found, cache_dir, rows)
+    if spec.batching == "whole":
+        return TranscriptionEngine(model=torch_engine, load=torch_engine.load, whole=torch_engine)
+    return TranscriptionEngine(model=torch_engine, load=torch_engine.load, steps=torch_engine)
+
+
+def _torch_engine(
+    spec: ModelSpec, path: Path, found: WeightsFormat, cache_dir: str | None, rows: int
+) -> WhisperTorchEngine:
+    try:
+        from models.whisper_torch import WhisperTorchEngine, resolve_dtype
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"engine torch needs torch and transformers: pip install 'voxserve[torch]' ({exc})"
+        ) from exc
+    import torch
+
+    if found == "ctranslate2":
+        from models.ct2_convert import convert_whisper
+
+        path = convert_whisper(path, cache_path(cache_dir))
+    device = spec.device or "auto"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = spec.compute_type or "auto"
+    try:
+        resolve_dtype(dtype, torch.device(device))
+    except ValueError as exc:
+        raise ModelLoadError(f"model {spec.id!r}: {exc}") from exc
+    if device == "cpu" and spec.cpu_threads:
+        torch.set_num_threads(spec.cpu_threads)
+    return WhisperTorchEngine(
+        path,
+        device=device,
+        dtype=dtype,
+        rows=rows,
+        cuda_graphs=spec.cuda_graphs,
+        encoder_batch_size=spec.encoder_batch_size,
+    )
+
+
+def build_backend(spec: ModelSpec, weights_path: str) -> SpeechToTextBackend:
+    """The CTranslate2 backend for ``spec`` over a local CTranslate2 directory."""
     from models.whisper_ct2 import WhisperCT2Backend
 
     device = resolve_device(spec.device or "auto")
     return WhisperCT2Backend(
-        resolve_weights(spec.weights, cache_dir),
+        weights_path,
         device=device,
         compute_type=resolve_compute_type(spec.compute_type or "auto", device),
         cpu_threads=spec.cpu_threads or available_cpus(),

@@ -21,10 +21,7 @@ What batching costs, and how this file pays for it:
 
 from __future__ import annotations
 
-import itertools
-import zlib
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -34,27 +31,19 @@ from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 
-from models.alignment import Alignment, SegmentSpan, words_and_logprobs
-from models.base import SAMPLE_RATE, Segment, TranscriptionItem, WindowTranscript
+from models.alignment import Alignment, words_and_logprobs
+from models.base import TranscriptionItem, WindowTranscript
 from models.hardware import Device
-
-MAX_LENGTH = 448
-"""Whisper's decoder context, prompt included."""
-MAX_PROMPT_TOKENS = MAX_LENGTH // 2 - 1
-"""Whisper keeps the last 223 tokens of a prompt, as openai-whisper does."""
-MAX_PROMPT_CHARS = 4 * 1024
-"""Far more characters than 223 tokens take, in any script."""
-TIME_PRECISION = 0.02
-"""Seconds per timestamp token."""
-FRAMES_PER_SECOND = 100
-HOP_LENGTH = SAMPLE_RATE // FRAMES_PER_SECOND
-"""Audio samples per mel frame."""
-MIN_RESUME_ADVANCE = 1.0
-"""A resume point must move this many seconds into the window, so a window ends."""
-MIN_RESUME_REST = 0.3
-"""Less audio than this after the resume point is not worth another pass."""
-NO_SPEECH_THRESHOLD = 0.6
-LOG_PROB_THRESHOLD = -1.0
+from models.whisper_decoding import (
+    HOP_LENGTH,
+    MAX_INITIAL_TIMESTAMP,
+    MAX_LENGTH,
+    MAX_PROMPT_TOKENS,
+    TIME_PRECISION,
+    DecodedWindow,
+    decode_window,
+    prompt_tail,
+)
 
 
 class WhisperCT2Backend:
@@ -115,7 +104,7 @@ class WhisperCT2Backend:
         # finds them and keeps the cost bounded however long the prompt (this runs on
         # the server's event loop, via batch_key). The cache is keyed on that tail, so
         # it never holds more than 1024 tails of a few kB, however long the prompts.
-        tokens = self._tokenizer("transcribe", "en").encode(" " + _prompt_tail(prompt))
+        tokens = self._tokenizer("transcribe", "en").encode(" " + prompt_tail(prompt))
         return tuple(tokens[-MAX_PROMPT_TOKENS:])
 
     # -- batching ------------------------------------------------------------------
@@ -123,7 +112,7 @@ class WhisperCT2Backend:
     def batch_key(self, item: TranscriptionItem) -> Hashable:
         """The position of ``<|startoftranscript|>``, and the temperature."""
         previous = (
-            self._prompt_tokens(_prompt_tail(item.options.prompt)) if item.options.prompt else ()
+            self._prompt_tokens(prompt_tail(item.options.prompt)) if item.options.prompt else ()
         )
         sot_position = len(previous) + 1 if previous else 0
         return (sot_position, item.options.temperature)
@@ -150,11 +139,11 @@ class WhisperCT2Backend:
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self._suppress,
-            max_initial_timestamp_index=round(1.0 / TIME_PRECISION),
+            max_initial_timestamp_index=round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION),
             **self._decoding_options(items[0].options.temperature),
         )
         decoded = [
-            _decode_window(item, lang, tokenizer, result)
+            _read_result(item, lang, tokenizer, result)
             for item, lang, tokenizer, result in zip(
                 items, languages, tokenizers, results, strict=True
             )
@@ -169,7 +158,7 @@ class WhisperCT2Backend:
         self,
         items: Sequence[TranscriptionItem],
         tokenizers: Sequence[Tokenizer],
-        decoded: Sequence[_DecodedWindow],
+        decoded: Sequence[DecodedWindow],
         encoder_output: ctranslate2.StorageView,
     ) -> list[Alignment | None]:
         """Force-align the windows that asked for word timings or token log-probabilities.
@@ -251,7 +240,7 @@ class WhisperCT2Backend:
 
     def _prompt(self, item: TranscriptionItem, tokenizer: Tokenizer) -> list[int]:
         previous = (
-            list(self._prompt_tokens(_prompt_tail(item.options.prompt)))
+            list(self._prompt_tokens(prompt_tail(item.options.prompt)))
             if item.options.prompt
             else []
         )
@@ -272,120 +261,12 @@ def _suppressed_tokens(tokenizer: Tokenizer) -> list[int]:
     return sorted(set(tokenizer.non_speech_tokens) | set(special))
 
 
-@dataclass(frozen=True, slots=True)
-class _DecodedWindow:
-    """One window's best hypothesis, cut into segments but not yet turned into text."""
-
-    item: TranscriptionItem
-    language: str
-    spans: list[SegmentSpan]
-    temperature: float
-    avg_logprob: float
-    no_speech_prob: float
-    silent: bool = False
-    resume_at: float | None = None
-
-    @property
-    def tokens(self) -> list[int]:
-        return [t for span in self.spans for t in span.tokens]
-
-    def transcript(self, tokenizer: Tokenizer, alignment: Alignment | None) -> WindowTranscript:
-        ratio = compression_ratio(tokenizer.decode(self.tokens)) if self.spans else 0.0
-        options = self.item.options
-        segments = [
-            Segment(
-                start=span.start,
-                end=span.end,
-                text=tokenizer.decode(list(span.tokens)),
-                tokens=tuple(span.tokens),
-                seek=round(self.item.offset * FRAMES_PER_SECOND),
-                temperature=self.temperature,
-                avg_logprob=self.avg_logprob,
-                compression_ratio=ratio,
-                no_speech_prob=self.no_speech_prob,
-                words=alignment.words[k] if alignment and options.word_timestamps else (),
-                logprobs=alignment.logprobs[k] if alignment and options.token_logprobs else (),
-            )
-            for k, span in enumerate(self.spans)
-        ]
-        return WindowTranscript(
-            language=self.language,
-            segments=segments,
-            temperature=self.temperature,
-            avg_logprob=self.avg_logprob,
-            compression_ratio=ratio,
-            no_speech_prob=self.no_speech_prob,
-            silent=self.silent,
-            resume_at=self.resume_at,
-        )
-
-
-def _decode_window(
+def _read_result(
     item: TranscriptionItem, language: str, tokenizer: Tokenizer, result: Any
-) -> _DecodedWindow:
+) -> DecodedWindow:
+    """A ``generate`` result's best hypothesis, read as :func:`decode_window` reads tokens."""
     tokens: list[int] = result.sequences_ids[0]
     avg_logprob = float(result.scores[0] * len(tokens) / (len(tokens) + 1))
-    no_speech_prob = float(result.no_speech_prob)
-    temperature = item.options.temperature
-    if no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
-        # silence, by Whisper's own rule: no segments, and no retry would change that
-        return _DecodedWindow(item, language, [], temperature, avg_logprob, no_speech_prob, True)
-    duration = len(item.audio) / SAMPLE_RATE
-    cuts, resume = split_at_timestamps(tokens, tokenizer.timestamp_begin, duration)
-    spans = [
-        SegmentSpan(text, round(item.offset + start, 3), round(item.offset + end, 3))
-        for start, end, text in cuts
-    ]
-    resume_at = None if resume is None else round(item.offset + resume, 3)
-    return _DecodedWindow(
-        item, language, spans, temperature, avg_logprob, no_speech_prob, resume_at=resume_at
+    return decode_window(
+        item, language, tokenizer, tokens, avg_logprob, float(result.no_speech_prob)
     )
-
-
-def split_at_timestamps(
-    tokens: Sequence[int], timestamp_begin: int, duration: float
-) -> tuple[list[tuple[float, float, list[int]]], float | None]:
-    """Cut a decoded window at its timestamp tokens: ``(start, end, text)`` spans and
-    the time, relative to the window, from which the window must be read again.
-
-    Whisper writes ``<|t0|> text <|t1|><|t1|> more <|t2|>``. When it ends on a pair
-    of timestamps, or on text it did not close, instead of on a single closing
-    timestamp, it is saying that what follows the last complete segment was not
-    transcribed and should be fed to it again from there; sequential decoding
-    seeks to that point, and so do we (the caller submits the rest of the window).
-    When the point would not move forward or leave audio worth reading, the
-    window counts as finished and unclosed text runs to its end.
-    """
-    spans: list[tuple[float, float, list[int]]] = []
-    start = 0.0
-    text: list[int] = []
-    for token in tokens:
-        if token < timestamp_begin:
-            text.append(token)
-            continue
-        time = min((token - timestamp_begin) * TIME_PRECISION, duration)
-        if text:
-            spans.append((start, max(time, start), text))
-            text = []
-        start = time
-    ends_on_single = len(tokens) >= 2 and tokens[-2] < timestamp_begin <= tokens[-1]
-    paired = any(
-        a >= timestamp_begin and b >= timestamp_begin for a, b in itertools.pairwise(tokens)
-    )
-    resume = spans[-1][1] if spans and paired and not ends_on_single else None
-    if resume is not None and (resume < MIN_RESUME_ADVANCE or duration - resume < MIN_RESUME_REST):
-        resume = None
-    if text and resume is None:
-        spans.append((start, max(duration, start), text))
-    return spans, resume
-
-
-def compression_ratio(text: str) -> float:
-    """Whisper's repetition measure: text bytes over zlib-compressed bytes."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
-def _prompt_tail(prompt: str) -> str:
-    """The part of a prompt that can reach the model's last 223 prompt tokens."""
-    return prompt.strip()[-MAX_PROMPT_CHARS:]

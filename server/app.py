@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 from importlib.metadata import version
 from typing import Any
 
@@ -23,8 +24,8 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from models.base import AudioArray, SpeechItem
-from models.registry import ModelLoadError, build_backend
+from models.base import AudioArray, SpeechItem, TranscriptionItem, WindowTranscript
+from models.registry import ModelLoadError, TranscriptionEngine, build_engine
 from models.voices import EngineSpec, build_speech_backend
 from server.audio import AudioLimits
 from server.catalog import CatalogModel, SpeechModel
@@ -32,8 +33,8 @@ from server.errors import exception_handlers
 from server.middleware import MIDDLEWARE
 from server.routes import ROUTES
 from server.runtime import ModelState, Runtime
-from server.scheduler import ModelScheduler
-from server.settings import Settings
+from server.scheduler import BatchScheduler, ModelScheduler, StepScheduler
+from server.settings import SchedulerConfig, Settings
 from server.speech import SpeechEngine, Voice
 from server.transcription import TranscriptionService
 
@@ -75,26 +76,39 @@ def _log_failure(what: str, exc: Exception) -> None:
 async def _start_transcription(state: Runtime, entry: CatalogModel) -> None:
     settings = state.settings
     spec = settings.model_spec(entry)
-    backend = await anyio.to_thread.run_sync(build_backend, spec, settings.model_cache_dir)
-    scheduler = ModelScheduler(
-        entry.id,
-        backend.transcribe_batch,
-        backend.batch_key,
-        settings.scheduler_config(entry),
-        setup=backend.load,
-        observer=state.metrics,
+    config = settings.scheduler_config(entry)
+    engine = await anyio.to_thread.run_sync(
+        partial(build_engine, spec, settings.model_cache_dir, rows=config.max_batch_size)
     )
+    scheduler = _transcription_scheduler(entry.id, engine, config, state)
     await scheduler.start()
     state.metrics.watch_queue(entry.id, _depth_of(scheduler))
     state.transcription[entry.id] = TranscriptionService(
         entry.id,
-        backend,
+        engine.model,
         scheduler,
         limits=AudioLimits(settings.max_audio_seconds, settings.max_decoded_bytes),
         decodes=state.decodes,
         observer=state.metrics,
     )
     logger.info("model %s loaded (%s, %s)", entry.id, spec.weights, scheduler.config)
+
+
+def _transcription_scheduler(
+    name: str, engine: TranscriptionEngine, config: SchedulerConfig, state: Runtime
+) -> ModelScheduler[TranscriptionItem, WindowTranscript]:
+    """Continuous batching for a step engine, whole batches for the others."""
+    if engine.steps is not None:
+        return StepScheduler(name, engine.steps, config, setup=engine.load, observer=state.metrics)
+    assert engine.whole is not None
+    return BatchScheduler(
+        name,
+        engine.whole.transcribe_batch,
+        engine.whole.batch_key,
+        config,
+        setup=engine.load,
+        observer=state.metrics,
+    )
 
 
 async def _start_voices(
@@ -131,7 +145,7 @@ async def _start_engine(state: Runtime, spec: EngineSpec, name: str) -> SpeechEn
     config = msgspec.structs.replace(
         config, max_batch_size=min(config.max_batch_size, backend.max_batch_size)
     )
-    scheduler: ModelScheduler[SpeechItem, AudioArray] = ModelScheduler(
+    scheduler: ModelScheduler[SpeechItem, AudioArray] = BatchScheduler(
         name,
         backend.synthesize_batch,
         backend.batch_key,

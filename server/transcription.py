@@ -32,7 +32,7 @@ from models.base import (
     AudioArray,
     DecodingOptions,
     Segment,
-    SpeechToTextBackend,
+    SpeechToTextModel,
     Task,
     TokenLogprob,
     TranscriptionItem,
@@ -116,7 +116,7 @@ class TranscriptionService:
     def __init__(
         self,
         model_id: str,
-        backend: SpeechToTextBackend,
+        backend: SpeechToTextModel,
         scheduler: ModelScheduler[TranscriptionItem, WindowTranscript],
         *,
         limits: AudioLimits,

@@ -7,7 +7,8 @@ import pytest
 
 from models.alignment import token_bytes
 from models.base import DecodingOptions, TranscriptionItem
-from models.whisper_ct2 import WhisperCT2Backend, split_at_timestamps
+from models.whisper_ct2 import WhisperCT2Backend
+from models.whisper_decoding import split_at_timestamps
 from tests.models.conftest import to_16k
 from tests.speech import SENTENCES
 

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from server.errors import NotReady, Overloaded
-from server.scheduler import BatchObserver, ModelScheduler
+from server.scheduler import BatchObserver, BatchScheduler
 from server.settings import SchedulerConfig
 
 
@@ -74,9 +74,9 @@ def make(
     max_queue_size: int = 100,
     max_queue_time: float = 30.0,
     observer: BatchObserver | None = None,
-) -> ModelScheduler[tuple[str, int], int]:
+) -> BatchScheduler[tuple[str, int], int]:
     config = SchedulerConfig(max_batch_size, max_queue_delay_ms, max_queue_size, max_queue_time)
-    return ModelScheduler(
+    return BatchScheduler(
         "fake", backend.run, backend.key, config, setup=backend.setup, observer=observer
     )
 
@@ -89,7 +89,7 @@ async def started(
     max_queue_size: int = 100,
     max_queue_time: float = 30.0,
     observer: BatchObserver | None = None,
-) -> AsyncIterator[ModelScheduler[tuple[str, int], int]]:
+) -> AsyncIterator[BatchScheduler[tuple[str, int], int]]:
     """A running scheduler over ``backend``, stopped when the block ends."""
     scheduler = make(
         backend, max_batch_size, max_queue_delay_ms, max_queue_size, max_queue_time, observer
@@ -258,7 +258,7 @@ def test_an_item_stuck_behind_a_slow_batch_times_out_uncomputed_and_frees_its_pl
     backend = RecordingBackend(gate=gate)
     observer = RecordingObserver()
 
-    async def request(scheduler: ModelScheduler[tuple[str, int], int]) -> list[int]:
+    async def request(scheduler: BatchScheduler[tuple[str, int], int]) -> list[int]:
         with scheduler.admit():
             return await scheduler.run([("a", 2)])
 

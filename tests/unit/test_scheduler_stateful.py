@@ -1,6 +1,6 @@
 """The scheduler driven by Hypothesis through random interleavings of its life.
 
-A state machine owns an event loop and a real :class:`ModelScheduler` over a fake
+A state machine owns an event loop and a real :class:`BatchScheduler` over a fake
 model. Its rules admit requests, submit items for them, cancel items, release
 requests, block and unblock the worker, and let time pass; after every step it
 checks the bookkeeping, and once the loop has drained it checks that every item got
@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 )
 
 from server.errors import NotReady, Overloaded
-from server.scheduler import ModelScheduler, Ticket
+from server.scheduler import BatchScheduler, Ticket
 from server.settings import SchedulerConfig
 
 
@@ -110,7 +110,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.loop.set_exception_handler(lambda _, context: self.loop_errors.append(context))
         self.model = FakeModel()
         self.observer = Observer()
-        self.scheduler: ModelScheduler[int, int] | None = None
+        self.scheduler: BatchScheduler[int, int] | None = None
         self.config = SchedulerConfig(1, 0, 1)
         self.requests: list[tuple[AbstractContextManager[Ticket], Ticket, list[int]]] = []
         self.futures: dict[int, asyncio.Future[int]] = {}
@@ -121,7 +121,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     # -- helpers -------------------------------------------------------------------
 
     @property
-    def sched(self) -> ModelScheduler[int, int]:
+    def sched(self) -> BatchScheduler[int, int]:
         assert self.scheduler is not None
         return self.scheduler
 
@@ -164,7 +164,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.config = SchedulerConfig(
             max_batch_size, max_queue_delay_ms, max_queue_size, max_queue_time
         )
-        self.scheduler = ModelScheduler(
+        self.scheduler = BatchScheduler(
             "fake", self.model.run, self.model.key, self.config, observer=self.observer
         )
         self.loop.run_until_complete(self.scheduler.start())

@@ -1,37 +1,12 @@
-"""The only place that groups requests into batches.
+"""The queue in front of one model: admission, submission, timeouts and cancellation.
 
-One :class:`ModelScheduler` per loaded model. Handlers on the event loop submit
-*items* (Whisper windows, TTS sentences) and await one future per item. One asyncio
-task owns the queue: it waits for the oldest item's ``max_queue_delay_ms`` to pass
-or for ``max_batch_size`` compatible items, whichever comes first, then hands the
-batch to the model's single worker thread and resolves each item's future with its
-own result or its own error.
-
-Guarantees, each of them tested:
-
-- a batch never holds more than ``max_batch_size`` items, and only items whose
-  ``batch_key`` is equal (items that cannot share one model call never meet);
-- items leave in arrival order within a key, and the oldest item always leads the
-  next batch, so nothing starves;
-- the model is entered by one thread only, the one that loaded it;
-- a failing batch is retried item by item, so one bad item fails alone;
-- an item whose future was cancelled (its client went away) is never computed;
-- an item that waited longer than ``max_queue_time`` seconds without being taken
-  into a batch leaves the queue uncomputed, and its future fails with
-  :class:`~server.errors.NotReady` (code ``queue_timeout``, with a ``Retry-After``
-  estimate), even while the worker is busy with a long batch; items already taken
-  into a batch are not affected. The timeout bounds how long a *request* waits for
-  service: once one item of a request (its :class:`Ticket`) has been taken into a
-  batch, its other items no longer expire, so a long file whose windows queue
-  behind each other, or a long text spoken sentence by sentence, is not cut off
-  half-way for being long;
-- at most ``max_queue_size`` requests are admitted at once; the next one is refused
-  with :class:`~server.errors.Overloaded` and a ``Retry-After`` estimate, before any
-  of its work (decoding included) is done.
-
-Every refusal is reported to the observer's ``rejected`` with a reason:
-``queue_full`` (admission refused), ``queue_timeout`` (an item expired, once per
-item) or ``not_ready`` (the scheduler is not running).
+:class:`ModelScheduler` owns everything about waiting: the requests admitted (at
+most ``max_queue_size``), the items they submitted, each item's future, its
+queue-time timer, and the bookkeeping when a client goes away. How queued items
+are then run on the model is its subclasses' business: a whole batch at a time
+(:class:`~server.scheduler.batches.BatchScheduler`) or row by row in a running
+batch (:class:`~server.scheduler.rows.StepScheduler`). Both take items from the
+queue with :meth:`ModelScheduler._take`, in arrival order.
 """
 
 from __future__ import annotations
@@ -76,7 +51,7 @@ class Ticket:
 
 
 @dataclass(slots=True, eq=False)
-class _Entry(Generic[ItemT, ResultT]):
+class Entry(Generic[ItemT, ResultT]):
     item: ItemT
     key: Hashable
     future: asyncio.Future[ResultT]
@@ -94,17 +69,16 @@ class _Entry(Generic[ItemT, ResultT]):
 
 
 @dataclass(slots=True, frozen=True)
-class _Failure:
+class Failure:
     error: BaseException
 
 
 class ModelScheduler(Generic[ItemT, ResultT]):
-    """A queue, a batching policy and one worker thread in front of one model."""
+    """A queue and one worker thread in front of one model; subclasses run the items."""
 
     def __init__(
         self,
         name: str,
-        run_batch: Callable[[list[ItemT]], list[ResultT]],
         batch_key: Callable[[ItemT], Hashable],
         config: SchedulerConfig,
         *,
@@ -113,19 +87,16 @@ class ModelScheduler(Generic[ItemT, ResultT]):
     ) -> None:
         self.name = name
         self.config = config
-        self._run_batch = run_batch
         self._batch_key = batch_key
         self._setup = setup
         self._observer = observer
-        self._queue: deque[_Entry[ItemT, ResultT]] = deque()
+        self._queue: deque[Entry[ItemT, ResultT]] = deque()
         self._waiting: dict[Hashable, int] = {}  # queued entries per key
         self._depth = 0  # queued entries; _queue may still hold some that left
         self._wakeup = asyncio.Event()
         self._admitted = 0
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
-        self._batch: list[_Entry[ItemT, ResultT]] = []  # the batch in the worker thread
-        self._batch_seconds = 0.0  # moving average, for Retry-After
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -162,13 +133,29 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         finishes on its own; its results are dropped. Returns the items failed.
         """
         failed = 0
-        for entry in [*self._queue, *self._batch]:
+        for entry in [*self._queue, *self._in_worker()]:
             self._leave(entry)
             if not entry.future.done():
                 entry.future.set_exception(error)
                 failed += 1
         self._wakeup.set()
         return failed
+
+    async def _serve(self) -> None:
+        """The loop that runs queued items on the model, until cancelled."""
+        raise NotImplementedError
+
+    def _in_worker(self) -> list[Entry[ItemT, ResultT]]:
+        """Entries taken from the queue and not yet answered."""
+        raise NotImplementedError
+
+    def estimated_wait(self) -> float:
+        """Seconds until the queue as it stands now would be worked off (Retry-After)."""
+        raise NotImplementedError
+
+    def _submitted(self) -> None:
+        """Called on the event loop after an item joined the queue."""
+        self._wakeup.set()
 
     # -- admission and submission --------------------------------------------------
 
@@ -180,18 +167,6 @@ class ModelScheduler(Generic[ItemT, ResultT]):
     @property
     def admitted(self) -> int:
         return self._admitted
-
-    def estimated_wait(self) -> float:
-        """Seconds until the queue as it stands now would be worked off (Retry-After).
-
-        The batch in the worker, if any, plus the batches the waiting items make (each
-        key batches apart), at the moving average of a batch's time but at least
-        0.1 s each; never less than one batch.
-        """
-        limit = self.config.max_batch_size
-        batches = sum(-(-count // limit) for count in self._waiting.values())
-        batches += 1 if self._batch else 0
-        return max(batches, 1) * max(self._batch_seconds, 0.1)
 
     def _reject(self, reason: str) -> None:
         if self._observer is not None:
@@ -230,14 +205,14 @@ class ModelScheduler(Generic[ItemT, ResultT]):
             raise self._not_ready()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ResultT] = loop.create_future()
-        entry = _Entry(item, self._batch_key(item), future, ticket)
+        entry = Entry(item, self._batch_key(item), future, ticket)
         if ticket is None or not ticket.served:
             entry.timer = loop.call_later(self.config.max_queue_time, self._expire, entry)
         self._queue.append(entry)
         self._waiting[entry.key] = self._waiting.get(entry.key, 0) + 1
         self._depth += 1
         future.add_done_callback(partial(self._on_future_done, entry))
-        self._wakeup.set()
+        self._submitted()
         return future
 
     async def run(self, items: Sequence[ItemT], ticket: Ticket | None = None) -> list[ResultT]:
@@ -249,7 +224,7 @@ class ModelScheduler(Generic[ItemT, ResultT]):
             for future in futures:
                 future.cancel()
 
-    def _leave(self, entry: _Entry[ItemT, ResultT]) -> bool:
+    def _leave(self, entry: Entry[ItemT, ResultT]) -> bool:
         """Stop counting ``entry`` as waiting and stop its timer; False if it had left.
 
         The entry may stay in ``_queue`` until ``_next_batch`` sweeps it out.
@@ -266,11 +241,11 @@ class ModelScheduler(Generic[ItemT, ResultT]):
             del self._waiting[entry.key]
         return True
 
-    def _on_future_done(self, entry: _Entry[ItemT, ResultT], _: asyncio.Future[ResultT]) -> None:
+    def _on_future_done(self, entry: Entry[ItemT, ResultT], _: asyncio.Future[ResultT]) -> None:
         if self._leave(entry):  # cancelled while it waited
             self._wakeup.set()  # the head of the queue may have gone
 
-    def _expire(self, entry: _Entry[ItemT, ResultT]) -> None:
+    def _expire(self, entry: Entry[ItemT, ResultT]) -> None:
         """The entry's timer: it waited ``max_queue_time`` without being taken."""
         entry.timer = None
         if entry.ticket is not None and entry.ticket.served:
@@ -288,42 +263,7 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         )
         self._reject("queue_timeout")
 
-    # -- the batching loop ---------------------------------------------------------
-
-    async def _serve(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            try:
-                await self._execute(batch)
-            except Exception:  # never let one batch end the loop
-                logger.exception("scheduler %s: batch failed unexpectedly", self.name)
-                for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(NotReady("The model failed on this batch."))
-
-    async def _next_batch(self) -> list[_Entry[ItemT, ResultT]]:
-        """Wait for a full batch or for the oldest item's delay, then take the batch."""
-        limit = self.config.max_batch_size
-        delay = self.config.max_queue_delay_ms / 1000
-        while True:
-            self._sweep()
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            head = self._queue[0]
-            batch = [e for e in self._queue if e.key == head.key][:limit]
-            remaining = head.enqueued_at + delay - time.monotonic()
-            if len(batch) >= limit or remaining <= 0:
-                for entry in batch:
-                    self._leave(entry)
-                    if entry.ticket is not None:
-                        entry.ticket.served = True
-                self._queue = deque(e for e in self._queue if e.queued)
-                return batch
-            self._wakeup.clear()
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+    # -- taking work ---------------------------------------------------------------
 
     def _sweep(self) -> None:
         """Remove the entries that left (cancelled, expired) from ``_queue``."""
@@ -333,45 +273,19 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         if len(self._queue) != self._depth:
             self._queue = deque(e for e in self._queue if e.queued)
 
-    async def _execute(self, batch: list[_Entry[ItemT, ResultT]]) -> None:
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._batch = batch
-        try:
-            outcomes = await loop.run_in_executor(
-                self._executor, self._compute, [e.item for e in batch]
-            )
-        finally:
-            self._batch = []
-        seconds = time.monotonic() - started
-        self._batch_seconds = (
-            seconds if not self._batch_seconds else (0.8 * self._batch_seconds + 0.2 * seconds)
-        )
-        for entry, outcome in zip(batch, outcomes, strict=True):
-            if entry.future.done():
-                continue
-            if isinstance(outcome, _Failure):
-                entry.future.set_exception(outcome.error)
-            else:
-                entry.future.set_result(outcome)
-        if self._observer is not None:
-            waits = [started - e.enqueued_at for e in batch]
-            self._observer.batch_done(self.name, len(batch), waits, seconds)
+    def _take(self, limit: int, key: Hashable | None = None) -> list[Entry[ItemT, ResultT]]:
+        """The oldest ``limit`` queued entries (of ``key``, if given), out of the queue
+        and marked served: their requests no longer expire."""
+        taken = [e for e in self._queue if key is None or e.key == key][:limit]
+        for entry in taken:
+            self._leave(entry)
+            if entry.ticket is not None:
+                entry.ticket.served = True
+        self._queue = deque(e for e in self._queue if e.queued)
+        return taken
 
-    def _compute(self, items: list[ItemT]) -> list[ResultT | _Failure]:
-        """Run in the worker thread: the batch, or on failure each item on its own."""
-        try:
-            results = self._run_batch(items)
-            if len(results) != len(items):
-                raise RuntimeError(f"backend returned {len(results)} results for {len(items)}")
-            return list(results)
-        except Exception as exc:
-            if len(items) == 1:
-                return [_Failure(exc)]
-            logger.warning(
-                "scheduler %s: batch of %d failed, retrying items alone: %r",
-                self.name,
-                len(items),
-                exc,
-            )
-            return [self._compute([item])[0] for item in items]
+    async def _until_woken(self, seconds: float | None = None) -> None:
+        """Wait for the next submission or departure, or ``seconds``."""
+        self._wakeup.clear()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)

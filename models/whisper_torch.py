@@ -1,0 +1,502 @@
+"""Whisper on torch + transformers, with a running batch of rows (continuous batching).
+
+The GPU engine. Where the CTranslate2 backend takes a batch and returns when all of
+it is done, this engine keeps up to ``rows`` windows decoding at once and lets them
+come and go one step at a time, the way vLLM and TGI serve LLMs:
+
+- :meth:`WhisperTorchEngine.admit` puts windows into free rows: one batched
+  encoder pass over the newcomers, their cross-attention keys and values written
+  into their rows, language detection where none was given, and one pass over
+  their prompts;
+- :meth:`WhisperTorchEngine.step` advances every running row by one token (one
+  CUDA graph launch on a GPU, then Whisper's rules applied per row on the device)
+  and returns the windows that finished, whose rows are free again at once;
+- :meth:`WhisperTorchEngine.release` drops rows whose requests went away.
+
+Which items go into which rows, and when, is the scheduler's decision, not the
+engine's. Rows differ freely: prompt, language, task and temperature are per row,
+so retries up the temperature ladder batch with everything else. A window decodes
+exactly as it would alone: nothing in a row's computation reads another row.
+
+:meth:`WhisperTorchEngine.transcribe_batch` offers the whole-batch contract on the
+same machinery (admit all, step until all are done), for the whole-batch mode
+that benchmarks compare against.
+
+Decoding is greedy at temperature 0 and a single sample above it (CTranslate2's
+beam search and best-of-5 are not reproduced); the rules and measures are
+CTranslate2's, so converted weights give CTranslate2's greedy tokens. This module
+imports nothing of faster-whisper, CTranslate2, PyAV or the server: it runs on a
+box with only torch, transformers, tokenizers and numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from models.alignment import Alignment, alignment_path, words_and_logprobs
+from models.base import SAMPLE_RATE, TranscriptionItem, WindowTranscript
+from models.whisper_decoding import (
+    HOP_LENGTH,
+    MAX_INITIAL_TIMESTAMP,
+    MAX_LENGTH,
+    MAX_PROMPT_TOKENS,
+    TIME_PRECISION,
+    DecodedWindow,
+    decode_window,
+    prompt_tail,
+)
+from models.whisper_features import FeatureExtractor
+from models.whisper_rules import DecodingRules, RowState
+from models.whisper_runner import DecoderRunner
+from models.whisper_tokenizer import WhisperTokenizer
+
+logger = logging.getLogger("voxserve.whisper_torch")
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+LengthLimits = Callable[[TranscriptionItem], tuple[int, int] | None]
+"""For synthetic benchmarks: ``(min, max)`` tokens for an item (end of text suppressed
+below ``min`` and forced at ``max``), or ``None`` to decode normally."""
+
+RowResult = tuple[int, WindowTranscript | BaseException]
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on a GPU and float32 on the CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    choices = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in choices:
+        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, not {dtype!r}")
+    return choices[dtype]
+
+
+def default_alignment_heads(layers: int, heads: int) -> list[tuple[int, int]]:
+    """openai-whisper's default when a model names none: every head of the upper half."""
+    return [(layer, head) for layer in range(layers // 2, layers) for head in range(heads)]
+
+
+@dataclass(slots=True)
+class _Row:
+    """Host-side bookkeeping of one running window."""
+
+    item: TranscriptionItem
+    language: str
+    tokenizer: WhisperTokenizer
+    tokens: list[int] = field(default_factory=list)
+
+
+class WhisperTorchEngine:
+    """A Whisper model in Hugging Face format, decoding up to ``rows`` windows at once."""
+
+    window_seconds = 30.0
+
+    def __init__(
+        self,
+        model_path: str | Path | None,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        rows: int = 8,
+        cuda_graphs: bool = True,
+        encoder_batch_size: int = 0,
+        length_limits: LengthLimits | None = None,
+        seed: int = 0,
+    ) -> None:
+        if rows < 1:
+            raise ValueError("rows must be at least 1")
+        self.model_path = None if model_path is None else Path(model_path)
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self._rows = rows
+        self.cuda_graphs = cuda_graphs
+        self.encoder_batch_size = encoder_batch_size
+        self.length_limits = length_limits
+        self.seed = seed
+        self._model: Any = None  # transformers' WhisperForConditionalGeneration
+        self._tokenizer: WhisperTokenizer | None = None
+        self._alignment_heads: list[tuple[int, int]] = []
+        self._running: list[_Row | None] = [None] * rows
+        self._sampling = 0  # running rows with a temperature above 0
+        self._prompt_tokens = lru_cache(maxsize=1024)(self._encode_prompt)
+
+    # -- loading -----------------------------------------------------------------------
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: WhisperTokenizer,
+        *,
+        alignment_heads: Sequence[tuple[int, int]] | None = None,
+        **options: Any,
+    ) -> WhisperTorchEngine:
+        """An engine over a model already in memory (random weights, in benchmarks)."""
+        parameter = next(model.parameters())
+        engine = cls(None, device=str(parameter.device), **options)
+        engine.dtype = parameter.dtype
+        engine._start(model, tokenizer, alignment_heads)
+        return engine
+
+    def load(self) -> None:
+        """Load the weights from ``model_path`` (transformers' ``from_pretrained``)."""
+        from transformers import WhisperForConditionalGeneration
+
+        if self.model_path is None:
+            raise RuntimeError("no model_path to load from")
+        model: Any = WhisperForConditionalGeneration.from_pretrained(
+            str(self.model_path), dtype=self.dtype, attn_implementation="sdpa"
+        )
+        model.to(self.device)
+        tokenizer = WhisperTokenizer.from_file(
+            self.model_path / "tokenizer.json", multilingual=model.config.vocab_size >= 51865
+        )
+        self._start(model, tokenizer, _alignment_heads(self.model_path))
+
+    def _start(
+        self,
+        model: Any,
+        tokenizer: WhisperTokenizer,
+        alignment_heads: Sequence[tuple[int, int]] | None,
+    ) -> None:
+        model.eval()
+        config = model.config
+        self._model = model
+        self._tokenizer = tokenizer
+        self._alignment_heads = list(
+            alignment_heads
+            or default_alignment_heads(config.decoder_layers, config.decoder_attention_heads)
+        )
+        self._features = FeatureExtractor(config.num_mel_bins, self.device)
+        with torch.inference_mode():
+            self._runner = DecoderRunner(model, self.rows, cuda_graphs=self.cuda_graphs)
+        self._state = RowState.allocate(self.rows, self.device)
+        self._rules = DecodingRules(
+            tokenizer,
+            config.vocab_size,
+            self.device,
+            max_initial_timestamp_index=round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION),
+        )
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(self.seed)
+        logger.info(
+            "whisper torch engine: %d rows on %s in %s, KV caches %.1f MiB",
+            self.rows,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            self._runner.cache_bytes / 2**20,
+        )
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            raise RuntimeError("WhisperTorchEngine.load() was not called")
+        return self._model
+
+    @property
+    def tokenizer(self) -> WhisperTokenizer:
+        if self._tokenizer is None:
+            raise RuntimeError("WhisperTorchEngine.load() was not called")
+        return self._tokenizer
+
+    @property
+    def multilingual(self) -> bool:
+        return self.tokenizer.multilingual
+
+    def _encode_prompt(self, prompt: str) -> tuple[int, ...]:
+        tokens = self.tokenizer.encode(" " + prompt)
+        return tuple(tokens[-MAX_PROMPT_TOKENS:])
+
+    # -- the step contract ---------------------------------------------------------
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    @property
+    def running(self) -> int:
+        """Rows decoding now."""
+        return sum(row is not None for row in self._running)
+
+    def free_rows(self) -> list[int]:
+        return [i for i, row in enumerate(self._running) if row is None]
+
+    def admit(
+        self, assignments: Sequence[tuple[int, TranscriptionItem]]
+    ) -> list[tuple[int, BaseException]]:
+        """Start each item in its (free) row. Items that cannot start come back with
+        their error, and their rows stay free; the others decode from the next step."""
+        failed: list[tuple[int, BaseException]] = []
+        accepted: list[tuple[int, TranscriptionItem]] = []
+        for row, item in assignments:
+            try:
+                self._check(row, item)
+            except Exception as exc:
+                failed.append((row, exc))
+            else:
+                accepted.append((row, item))
+        if accepted:
+            try:
+                with torch.inference_mode():
+                    self._start_rows(accepted)
+            except Exception as exc:  # the pass itself failed: no row of it starts
+                self.release([row for row, _ in accepted])
+                failed += [(row, exc) for row, _ in accepted]
+        return failed
+
+    def step(self) -> list[RowResult]:
+        """Advance every running row by one token; the windows that finished, by row."""
+        if not self.running:
+            return []
+        with torch.inference_mode():
+            return self._step()
+
+    def release(self, rows: Sequence[int]) -> None:
+        """Stop ``rows`` now (their requests went away); they are free at once."""
+        stopped = [row for row in rows if self._running[row] is not None]
+        if not stopped:
+            return
+        for row in stopped:
+            self._leave(row)
+        index = torch.tensor(stopped, device=self.device)
+        self._state.active.index_fill_(0, index, False)
+
+    # -- the whole-batch contract ------------------------------------------------------
+
+    def batch_key(self, item: TranscriptionItem) -> Hashable:
+        """Every item can share a batch with every other: rows are independent."""
+        return 0
+
+    def transcribe_batch(self, items: Sequence[TranscriptionItem]) -> list[WindowTranscript]:
+        """Decode ``items`` together until the last is done (whole-batch mode)."""
+        if self.running:
+            raise RuntimeError("transcribe_batch needs an idle engine")
+        results: list[WindowTranscript] = []
+        for start in range(0, len(items), self.rows):
+            chunk = items[start : start + self.rows]
+            done: dict[int, WindowTranscript | BaseException] = dict(
+                self.admit(list(enumerate(chunk)))
+            )
+            while self.running:
+                done.update(self.step())
+            for row in range(len(chunk)):
+                outcome = done[row]
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                results.append(outcome)
+        return results
+
+    # -- admission -------------------------------------------------------------------
+
+    def _check(self, row: int, item: TranscriptionItem) -> None:
+        if not 0 <= row < self.rows or self._running[row] is not None:
+            raise RuntimeError(f"row {row} is not free")
+        if len(item.audio) > self.window_seconds * SAMPLE_RATE:
+            raise ValueError("a window is at most 30 seconds of audio")
+        language = item.options.language
+        if language and self.multilingual and self.tokenizer.language_token(language) is None:
+            raise ValueError(f"unknown language {language!r}")
+
+    def _start_rows(self, accepted: list[tuple[int, TranscriptionItem]]) -> None:
+        rows = torch.tensor([row for row, _ in accepted], device=self.device)
+        self._runner.set_cross(rows, self._encode([item for _, item in accepted]))
+        languages = self._languages(rows, [item for _, item in accepted])
+        prompts: list[list[int]] = []
+        for (row, item), language in zip(accepted, languages, strict=True):
+            tokenizer = self.tokenizer.for_language(language, item.options.task)
+            previous = self._prompt_tokens(prompt_tail(item.options.prompt or ""))
+            prompts.append(tokenizer.prompt(previous if item.options.prompt else ()))
+            self._running[row] = _Row(item, language, tokenizer)
+            self._sampling += item.options.temperature > 0
+        no_speech = self._prefill(rows, prompts)
+        limits = [
+            self._limits(item, len(p)) for (_, item), p in zip(accepted, prompts, strict=True)
+        ]
+        sot = self.tokenizer.sot
+        self._runner.tokens.index_copy_(0, rows, self._long([p[-1] for p in prompts]))
+        self._runner.positions.index_copy_(0, rows, self._long([len(p) - 1 for p in prompts]))
+        self._state.admit(
+            rows,
+            temperature=torch.tensor([item.options.temperature for _, item in accepted]),
+            no_speech=no_speech,
+            sot_last=torch.tensor([p[-1] == sot for p in prompts]),
+            min_tokens=self._long([low for low, _, _ in limits]),
+            max_tokens=self._long([high for _, high, _ in limits]),
+            force_end=torch.tensor([forced for _, _, forced in limits]),
+        )
+
+    def _long(self, values: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    def _limits(self, item: TranscriptionItem, prompt_length: int) -> tuple[int, int, bool]:
+        """``(min tokens, max tokens, end forced)``: CTranslate2's length cap, half the
+        context but never past it, unless a benchmark sets lengths."""
+        natural = min(MAX_LENGTH // 2, MAX_LENGTH + 1 - prompt_length)
+        forced = self.length_limits(item) if self.length_limits else None
+        if forced is None:
+            return 0, natural, False
+        low, high = forced
+        return min(low, natural - 1), min(high, natural), True
+
+    def _encode(self, items: Sequence[TranscriptionItem]) -> torch.Tensor:
+        """The encoder's output for each item's window, in micro-batches if configured."""
+        features = self._features([item.audio for item in items]).to(self.dtype)
+        encoder = self.model.model.encoder
+        step = self.encoder_batch_size or len(items)
+        parts = [
+            encoder(input_features=features[i : i + step]).last_hidden_state
+            for i in range(0, len(items), step)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _languages(self, rows: torch.Tensor, items: Sequence[TranscriptionItem]) -> list[str]:
+        """Each item's language: its own, English on an English-only model, else detected
+        from the first token after ``<|startoftranscript|>``, as CTranslate2 does."""
+        if not self.multilingual:
+            return ["en"] * len(items)
+        unknown = [i for i, item in enumerate(items) if not item.options.language]
+        languages = [item.options.language or "" for item in items]
+        if unknown:
+            index = torch.tensor(unknown, device=self.device)
+            sot = torch.full((len(unknown), 1), self.tokenizer.sot, device=self.device)
+            hidden = self._runner.prefill(rows.index_select(0, index), sot)
+            logits = self._runner.logits(hidden[:, 0])
+            candidates = self.tokenizer.language_tokens
+            ids = torch.tensor(list(candidates), device=self.device)
+            best = ids[logits.index_select(1, ids).argmax(dim=-1)].tolist()
+            for i, token in zip(unknown, best, strict=True):
+                languages[i] = candidates[int(token)]
+        return languages
+
+    def _prefill(self, rows: torch.Tensor, prompts: list[list[int]]) -> torch.Tensor:
+        """Run every prompt but its last token (the first step feeds that one), and
+        read the no-speech probability where ``<|startoftranscript|>`` is not last."""
+        no_speech = torch.zeros(len(prompts), device=self.device)
+        longest = max(len(p) for p in prompts) - 1
+        if longest == 0:
+            return no_speech
+        block = torch.tensor(
+            [p[:-1] + [self.tokenizer.eot] * (longest + 1 - len(p)) for p in prompts],
+            device=self.device,
+        )
+        hidden = self._runner.prefill(rows, block)
+        sot = self.tokenizer.sot
+        at_sot = [(i, p.index(sot)) for i, p in enumerate(prompts) if p[-1] != sot]
+        if at_sot:
+            which = torch.tensor([i for i, _ in at_sot], device=self.device)
+            where = torch.tensor([k for _, k in at_sot], device=self.device)
+            probs = self._runner.logits(hidden[which, where]).softmax(dim=-1)
+            no_speech[which] = probs[:, self.tokenizer.no_speech]
+        return no_speech
+
+    # -- the step --------------------------------------------------------------------
+
+    def _step(self) -> list[RowResult]:
+        count = max(i for i, row in enumerate(self._running) if row is not None) + 1
+        state = self._state
+        logits = self._runner.step(count)[:count]
+        fed = self._runner.tokens[:count]
+        first = (state.generated[:count] == 0) & state.sot_last[:count]
+        probs = logits.softmax(dim=-1)[:, self._rules.no_speech]
+        state.no_speech[:count] = torch.where(first, probs, state.no_speech[:count])
+        shaped = self._rules.apply(logits, fed, state)
+        chosen, logprob = self._rules.pick(
+            shaped,
+            state.temperature[:count],
+            sampling=self._sampling > 0,
+            generator=self._generator,
+        )
+        active = state.active[:count]
+        state.logprob_sum[:count] += torch.where(active, logprob, 0.0)
+        state.previous[:count] = fed
+        state.generated[:count] += active
+        self._runner.positions[:count] += active
+        self._runner.tokens[:count] = chosen
+        is_timestamp = chosen >= self._rules.timestamp_begin
+        state.last_timestamp[:count] = torch.where(
+            active & is_timestamp, chosen, state.last_timestamp[:count]
+        )
+        finished = active & (
+            (chosen == self._rules.eot) | (state.generated[:count] >= state.max_tokens[:count])
+        )
+        state.active[:count] &= ~finished
+        host = torch.stack(
+            (chosen.float(), finished.float(), state.logprob_sum[:count], state.no_speech[:count])
+        ).cpu()
+        return self._collect(host.numpy())
+
+    def _collect(self, host: np.ndarray) -> list[RowResult]:
+        """Record each running row's new token; finish the rows that ended."""
+        tokens, finished, logprob_sums, no_speech = host
+        done: list[RowResult] = []
+        for index, row in enumerate(self._running[: len(tokens)]):
+            if row is None:
+                continue
+            row.tokens.append(int(tokens[index]))
+            if not finished[index]:
+                continue
+            try:
+                done.append(
+                    (index, self._finish(index, row, logprob_sums[index], no_speech[index]))
+                )
+            except Exception as exc:  # one row's failure is that row's alone
+                logger.exception("whisper torch engine: finishing row %d failed", index)
+                done.append((index, exc))
+            self._leave(index)
+        return done
+
+    def _leave(self, row: int) -> None:
+        entry = self._running[row]
+        if entry is not None:
+            self._sampling -= entry.item.options.temperature > 0
+            self._running[row] = None
+
+    def _finish(
+        self, index: int, row: _Row, logprob_sum: float, no_speech: float
+    ) -> WindowTranscript:
+        tokens = row.tokens[:-1] if row.tokens and row.tokens[-1] == self._rules.eot else row.tokens
+        avg_logprob = float(logprob_sum) / (len(tokens) + 1)
+        decoded = decode_window(
+            row.item, row.language, row.tokenizer, tokens, avg_logprob, float(no_speech)
+        )
+        options = row.item.options
+        alignment = None
+        if (options.word_timestamps or options.token_logprobs) and decoded.tokens:
+            alignment = self._align(index, row, decoded)
+        return decoded.transcript(row.tokenizer, alignment)
+
+    def _align(self, index: int, row: _Row, decoded: DecodedWindow) -> Alignment:
+        """Word timings and token probabilities from one teacher-forced pass over the
+        window's text, with the row's cross-attention still in place."""
+        tokenizer = row.tokenizer
+        start = tokenizer.sot_sequence
+        text = decoded.tokens
+        sequence = [*start, tokenizer.no_timestamps, *text, tokenizer.eot]
+        logits, scores = self._runner.teacher_forced(
+            index, torch.tensor(sequence, device=self.device), self._alignment_heads
+        )
+        offset = len(start)
+        text_probs = logits[offset : offset + len(text), : tokenizer.eot].softmax(dim=-1)
+        chosen = torch.tensor(text, device=self.device)[:, None]
+        probs = text_probs.gather(1, chosen).squeeze(1).tolist()
+        path = alignment_path(
+            scores.cpu().numpy(), len(row.item.audio) // HOP_LENGTH, slice(offset, -1)
+        )
+        return words_and_logprobs(tokenizer, decoded.spans, row.item.offset, path, probs)
+
+
+def _alignment_heads(model_path: Path) -> list[tuple[int, int]] | None:
+    """The ``alignment_heads`` of a Hugging Face ``generation_config.json``, if any."""
+    path = model_path / "generation_config.json"
+    if not path.is_file():
+        return None
+    heads = json.loads(path.read_text()).get("alignment_heads")
+    return [(int(layer), int(head)) for layer, head in heads] if heads else None

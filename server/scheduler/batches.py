@@ -1,0 +1,130 @@
+"""Whole-batch scheduling: a batch of compatible items, run on the model until all are done.
+
+For backends whose call takes a batch and returns when every item of it is done
+(CTranslate2's Whisper, the ONNX voices), and for the torch engine's whole-batch
+mode. The loop waits for ``max_batch_size`` items of the oldest item's key or
+for that item's ``max_queue_delay_ms``, whichever comes first, hands the batch to
+the worker thread, and answers each item with its own result or error; a batch
+that fails is retried item by item, so one bad item fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable
+
+from server.errors import NotReady
+from server.scheduler.queue import (
+    BatchObserver,
+    Entry,
+    Failure,
+    ItemT,
+    ModelScheduler,
+    ResultT,
+)
+from server.settings import SchedulerConfig
+
+logger = logging.getLogger("voxserve.scheduler")
+
+
+class BatchScheduler(ModelScheduler[ItemT, ResultT]):
+    """Runs queued items a whole batch at a time through ``run_batch``."""
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[list[ItemT]], list[ResultT]],
+        batch_key: Callable[[ItemT], Hashable],
+        config: SchedulerConfig,
+        *,
+        setup: Callable[[], None] | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        super().__init__(name, batch_key, config, setup=setup, observer=observer)
+        self._run_batch = run_batch
+        self._batch: list[Entry[ItemT, ResultT]] = []  # the batch in the worker thread
+        self._batch_seconds = 0.0  # moving average, for Retry-After
+
+    def _in_worker(self) -> list[Entry[ItemT, ResultT]]:
+        return self._batch
+
+    def estimated_wait(self) -> float:
+        """The batch in the worker, if any, plus the batches the waiting items make
+        (each key batches apart), at the moving average of a batch's time but at
+        least 0.1 s each; never less than one batch."""
+        limit = self.config.max_batch_size
+        batches = sum(-(-count // limit) for count in self._waiting.values())
+        batches += 1 if self._batch else 0
+        return max(batches, 1) * max(self._batch_seconds, 0.1)
+
+    async def _serve(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                await self._execute(batch)
+            except Exception:  # never let one batch end the loop
+                logger.exception("scheduler %s: batch failed unexpectedly", self.name)
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(NotReady("The model failed on this batch."))
+
+    async def _next_batch(self) -> list[Entry[ItemT, ResultT]]:
+        """Wait for a full batch or for the oldest item's delay, then take the batch."""
+        limit = self.config.max_batch_size
+        delay = self.config.max_queue_delay_ms / 1000
+        while True:
+            self._sweep()
+            if not self._queue:
+                await self._until_woken()
+                continue
+            head = self._queue[0]
+            waiting = self._waiting.get(head.key, 0)
+            remaining = head.enqueued_at + delay - time.monotonic()
+            if waiting >= limit or remaining <= 0:
+                return self._take(limit, head.key)
+            await self._until_woken(remaining)
+
+    async def _execute(self, batch: list[Entry[ItemT, ResultT]]) -> None:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._batch = batch
+        try:
+            outcomes = await loop.run_in_executor(
+                self._executor, self._compute, [e.item for e in batch]
+            )
+        finally:
+            self._batch = []
+        seconds = time.monotonic() - started
+        self._batch_seconds = (
+            seconds if not self._batch_seconds else (0.8 * self._batch_seconds + 0.2 * seconds)
+        )
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if entry.future.done():
+                continue
+            if isinstance(outcome, Failure):
+                entry.future.set_exception(outcome.error)
+            else:
+                entry.future.set_result(outcome)
+        if self._observer is not None:
+            waits = [started - e.enqueued_at for e in batch]
+            self._observer.batch_done(self.name, len(batch), waits, seconds)
+
+    def _compute(self, items: list[ItemT]) -> list[ResultT | Failure]:
+        """Run in the worker thread: the batch, or on failure each item on its own."""
+        try:
+            results = self._run_batch(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"backend returned {len(results)} results for {len(items)}")
+            return list(results)
+        except Exception as exc:
+            if len(items) == 1:
+                return [Failure(exc)]
+            logger.warning(
+                "scheduler %s: batch of %d failed, retrying items alone: %r",
+                self.name,
+                len(items),
+                exc,
+            )
+            return [self._compute([item])[0] for item in items]
