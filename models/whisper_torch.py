@@ -266,8 +266,9 @@ class WhisperTorchEngine:
             return
         for row in stopped:
             self._leave(row)
-        index = torch.tensor(stopped, device=self.device)
-        self._state.active.index_fill_(0, index, False)
+        with torch.inference_mode():
+            index = torch.tensor(stopped, device=self.device)
+            self._state.active.index_fill_(0, index, False)
 
     # -- the whole-batch contract ------------------------------------------------------
 
