@@ -26,6 +26,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         Path(resolve_weights("embedded:base")) / "tokenizer.json", out / "base-tokenizer.json"
     )
     windows = speech_windows()
-    np.savez(out / "speech.npz", **{f"w{i:02d}": w for i, w in enumerate(windows)})
+    arrays: dict[str, Any] = {f"w{i:02d}": w for i, w in enumerate(windows)}
+    np.savez(out / "speech.npz", **arrays)
     items = [TranscriptionItem(audio) for audio in windows]
     engine = WhisperTorchEngine(convert_whisper(weights, args.cache), device="cpu", rows=len(items))
     engine.load()

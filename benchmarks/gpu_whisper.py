@@ -149,11 +149,15 @@ def closed_loop(
     *,
     continuous: bool,
     on_done: Callable[[int, TranscriptionItem, WindowTranscript, float], None] | None = None,
+    delay: float = 0.005,
 ) -> LoopResult:
     """Each client keeps one window in flight until ``windows`` have been submitted.
 
     ``clients[c](n)`` is client c's n-th window. Queued windows enter free rows in
-    arrival order; in whole mode only when no row is running.
+    arrival order, by the server's rule (``server.scheduler.rows``): at once into an
+    idle engine, else once ``admission_batch`` (or as many as there are free rows)
+    are queued or the oldest has waited ``delay`` seconds; in whole mode only when
+    no row is running.
     """
     queue: deque[tuple[int, TranscriptionItem, float]] = deque()
     submitted = 0
@@ -173,7 +177,7 @@ def closed_loop(
     latencies: list[float] = []
     steps = rows_total = 0
     while queue or running:
-        if queue and (continuous or not running):
+        if queue and (not running or (continuous and _admit(engine, queue, delay))):
             free = engine.free_rows()
             batch = [(row, queue.popleft()) for row in free[: len(queue)]]
             failed = engine.admit([(row, item) for row, (_, item, _) in batch])
@@ -194,6 +198,16 @@ def closed_loop(
             submit(client, now)
     seconds = time.perf_counter() - start
     return LoopResult(len(latencies), seconds, latencies, steps, rows_total / max(steps, 1))
+
+
+def _admit(
+    engine: WhisperTorchEngine, queue: deque[tuple[int, TranscriptionItem, float]], delay: float
+) -> bool:
+    free = engine.rows - engine.running
+    if not free:
+        return False
+    waited = time.perf_counter() - queue[0][2]
+    return len(queue) >= min(engine.admission_batch, free) or waited >= delay
 
 
 # -- throughput on random weights ----------------------------------------------------------
@@ -315,6 +329,15 @@ def kernels(engine: WhisperTorchEngine, device: torch.device, batches: Sequence[
             sync(device)
         seconds = (time.perf_counter() - start) / repeats
         out["encoder_ms_per_window"][str(batch)] = round(1000 * seconds / batch, 3)
+        if batch <= 8 and engine._encoder._graphs:
+            with torch.inference_mode():
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    engine._encoder._run(features)
+                sync(device)
+            seconds = (time.perf_counter() - start) / repeats
+            graphed = out.setdefault("encoder_ms_per_window_graph", {})
+            graphed[str(batch)] = round(1000 * seconds / batch, 3)
         with torch.inference_mode():
             runner.positions[:batch] = 100
             runner.step(batch)

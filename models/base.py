@@ -182,6 +182,11 @@ class StepEngine(Protocol[StepItemT, StepResultT]):
         """Rows in use now."""
         ...
 
+    @property
+    def admission_batch(self) -> int:
+        """How many items are worth admitting together (1: no gain in waiting for more)."""
+        ...
+
     def load(self) -> None:
         """Load the weights. Called once, before any step, in the worker thread."""
         ...

@@ -21,11 +21,20 @@ A row is an index into these. Three passes use them:
 - :meth:`prefill`: a block of prompt tokens for some rows, written to their caches;
 - :meth:`teacher_forced`: a block of tokens for one row that leaves the caches
   alone and returns the alignment heads' cross-attention scores (word timings).
+
+Logits are computed against a float32 copy of the output embedding whatever the
+model's precision: in bfloat16 a logit near 20 is only known to 0.125, enough to
+flip a close greedy choice.
+
+:class:`EncoderRunner` runs the encoder over newly admitted windows, on CUDA in
+chunks captured as CUDA graphs (1, 2, 4, 8 windows): a 32-layer encoder is some
+600 kernel launches, which at one window cost as much as the arithmetic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +42,10 @@ from torch.nn import functional as F
 
 MAX_LENGTH = 448
 """Whisper's decoder context, in tokens."""
+ENCODER_BUCKETS = (1, 2, 4, 8)
+"""Windows per encoder graph; larger admissions run in chunks of the largest."""
+
+logger = logging.getLogger("voxserve.whisper_torch")
 
 
 def step_buckets(rows: int) -> list[int]:
@@ -72,6 +85,8 @@ class DecoderRunner:
         """The token each row feeds to the next :meth:`step`; the engine writes it."""
         self.positions = torch.zeros(rows, dtype=torch.long, device=self.device)
         """Each row's position for the next :meth:`step` (where its token goes)."""
+        embedding: torch.Tensor = decoder.embed_tokens.weight
+        self._output_weight = embedding if self.dtype == torch.float32 else embedding.float()
         self._row_index = torch.arange(rows, device=self.device)
         self._kv_index = torch.arange(MAX_LENGTH, device=self.device)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -109,8 +124,7 @@ class DecoderRunner:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits of final hidden states (the output projection is the embedding)."""
-        weight: torch.Tensor = self.decoder.embed_tokens.weight
-        return (hidden @ weight.T).float()
+        return hidden.float() @ self._output_weight.T
 
     def teacher_forced(
         self, row: int, tokens: torch.Tensor, heads: Sequence[tuple[int, int]]
@@ -174,16 +188,7 @@ class DecoderRunner:
 
     def _capture(self) -> None:
         """Capture one CUDA graph per bucket, largest first, sharing one memory pool."""
-        pool = None
-        for bucket in reversed(self.buckets):
-            self._step(bucket)  # warm up kernels and allocator outside the capture
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                out = self._step(bucket)
-            pool = graph.pool()
-            self._graphs[bucket] = (graph, out)
-        torch.cuda.synchronize(self.device)
+        self._graphs = capture_graphs(self.buckets, self._step, self.device)
 
     # -- blocks of tokens ------------------------------------------------------------
 
@@ -239,3 +244,71 @@ class DecoderRunner:
         """``(n, heads, T, head_dim)`` back to ``(n, T, width)``."""
         n, _, length, _ = x.shape
         return x.transpose(1, 2).reshape(n, length, self.width)
+
+
+class EncoderRunner:
+    """The encoder over admitted windows: on CUDA, graphs of 1, 2, 4 or 8 windows."""
+
+    def __init__(self, model: Any, *, cuda_graphs: bool, chunk: int = 0) -> None:
+        self.encoder: Any = model.model.encoder
+        config = model.config
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        on_gpu = self.device.type == "cuda"
+        self.chunk = chunk or (ENCODER_BUCKETS[-1] if on_gpu else 0)
+        """Windows per encoder call; 0 is all of an admission at once."""
+        frames = 2 * int(config.max_source_positions)
+        largest = max(b for b in ENCODER_BUCKETS if b <= max(self.chunk, 1))
+        self._buckets = [b for b in ENCODER_BUCKETS if b <= largest]
+        self._input = torch.zeros(
+            (largest, int(config.num_mel_bins), frames), dtype=self.dtype, device=self.device
+        )
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        if cuda_graphs and on_gpu:
+            try:
+                self._graphs = capture_graphs(self._buckets, self._encode_input, self.device)
+            except Exception:  # eager still works; only launch overhead is lost
+                logger.exception("encoder CUDA graphs could not be captured; running eagerly")
+                self._graphs = {}
+
+    def _encode_input(self, count: int) -> torch.Tensor:
+        out: torch.Tensor = self.encoder(input_features=self._input[:count]).last_hidden_state
+        return out
+
+    def chunks(self, features: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        """``(which windows, their encoder output)`` chunk by chunk; an output is only
+        valid until the next chunk is computed."""
+        total = features.shape[0]
+        step = self.chunk or total
+        for start in range(0, total, step):
+            part = slice(start, min(start + step, total))
+            yield part, self._run(features[part].to(self.dtype))
+
+    def _run(self, features: torch.Tensor) -> torch.Tensor:
+        count = features.shape[0]
+        bucket = next((b for b in self._buckets if b >= count), None)
+        graph = self._graphs.get(bucket) if bucket is not None else None
+        if graph is None:
+            out: torch.Tensor = self.encoder(input_features=features).last_hidden_state
+            return out
+        self._input[:count].copy_(features)
+        graph[0].replay()
+        return graph[1][:count]
+
+
+def capture_graphs(
+    buckets: Sequence[int], run: Any, device: torch.device
+) -> dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]]:
+    """One CUDA graph of ``run(bucket)`` per bucket, largest first, in one memory pool."""
+    graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+    pool = None
+    for bucket in sorted(buckets, reverse=True):
+        run(bucket)  # warm up kernels and the allocator outside the capture
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = run(bucket)
+        pool = graph.pool()
+        graphs[bucket] = (graph, out)
+    torch.cuda.synchronize(device)
+    return graphs

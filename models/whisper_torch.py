@@ -56,7 +56,7 @@ from models.whisper_decoding import (
 )
 from models.whisper_features import FeatureExtractor
 from models.whisper_rules import DecodingRules, RowState
-from models.whisper_runner import DecoderRunner
+from models.whisper_runner import DecoderRunner, EncoderRunner
 from models.whisper_tokenizer import WhisperTokenizer
 
 logger = logging.getLogger("voxserve.whisper_torch")
@@ -178,6 +178,9 @@ class WhisperTorchEngine:
         self._features = FeatureExtractor(config.num_mel_bins, self.device)
         with torch.inference_mode():
             self._runner = DecoderRunner(model, self.rows, cuda_graphs=self.cuda_graphs)
+            self._encoder = EncoderRunner(
+                model, cuda_graphs=self.cuda_graphs, chunk=self.encoder_batch_size
+            )
         self._state = RowState.allocate(self.rows, self.device)
         self._rules = DecodingRules(
             tokenizer,
@@ -220,6 +223,12 @@ class WhisperTorchEngine:
     @property
     def rows(self) -> int:
         return self._rows
+
+    @property
+    def admission_batch(self) -> int:
+        """Windows worth admitting together: one encoder graph's worth on a GPU, where
+        the encoder pays for batching, and 1 on the CPU, where it does not."""
+        return max(1, self._encoder.chunk) if self.device.type == "cuda" else 1
 
     @property
     def running(self) -> int:
@@ -308,7 +317,9 @@ class WhisperTorchEngine:
 
     def _start_rows(self, accepted: list[tuple[int, TranscriptionItem]]) -> None:
         rows = torch.tensor([row for row, _ in accepted], device=self.device)
-        self._runner.set_cross(rows, self._encode([item for _, item in accepted]))
+        features = self._features([item.audio for _, item in accepted])
+        for part, encoded in self._encoder.chunks(features):
+            self._runner.set_cross(rows[part], encoded)
         languages = self._languages(rows, [item for _, item in accepted])
         prompts: list[list[int]] = []
         for (row, item), language in zip(accepted, languages, strict=True):
@@ -346,17 +357,6 @@ class WhisperTorchEngine:
             return 0, natural, False
         low, high = forced
         return min(low, natural - 1), min(high, natural), True
-
-    def _encode(self, items: Sequence[TranscriptionItem]) -> torch.Tensor:
-        """The encoder's output for each item's window, in micro-batches if configured."""
-        features = self._features([item.audio for item in items]).to(self.dtype)
-        encoder = self.model.model.encoder
-        step = self.encoder_batch_size or len(items)
-        parts = [
-            encoder(input_features=features[i : i + step]).last_hidden_state
-            for i in range(0, len(items), step)
-        ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _languages(self, rows: torch.Tensor, items: Sequence[TranscriptionItem]) -> list[str]:
         """Each item's language: its own, English on an English-only model, else detected

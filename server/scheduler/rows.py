@@ -5,9 +5,11 @@ decoding at once; this scheduler decides what runs in them:
 
 - queued items enter free rows in arrival order, the lowest free row first (so
   the running rows stay packed at the front and a step computes few idle rows);
-  while rows are running, an item is admitted at the next step after it arrives,
-  with no batching delay; an idle engine waits up to ``max_queue_delay_ms`` for
-  its first rows to fill, as a whole batch would;
+- an idle engine admits what is queued at once; a busy one admits at the next
+  step once the engine's ``admission_batch`` items (as many as one batched
+  encoder pass is worth) or as many as there are free rows are queued, or when
+  the oldest has waited ``max_queue_delay_ms``: newcomers share an encoder pass
+  without delaying anyone by more than that;
 - the worker thread steps the engine until a row finishes, an item arrives for
   a free row, or a running item's client goes away; then the loop answers the
   finished items, frees their rows and admits the next;
@@ -69,7 +71,9 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
 
     def _submitted(self) -> None:
         super()._submitted()
-        if self._free:
+        # the worker re-plans when an item can be admitted now, or starts a wait
+        # for company that its current run of steps does not know about
+        if self._free and (not self._running or self._depth == 1 or self._admit_now()):
             self._attention.set()
 
     def estimated_wait(self) -> float:
@@ -95,18 +99,28 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
 
     async def _next_admissions(self) -> list[tuple[int, Entry[ItemT, ResultT]]]:
         """The queued entries to admit now, each with its row; [] to just step on."""
-        delay = self.config.max_queue_delay_ms / 1000
         while True:
             self._sweep()
-            if self._running:
-                return self._assign(self._take(len(self._free))) if self._free else []
-            if not self._queue:
+            if not self._running and not self._queue:
                 await self._until_woken()
                 continue
-            remaining = self._queue[0].enqueued_at + delay - time.monotonic()
-            if self._depth >= len(self._free) or remaining <= 0:
+            if self._admit_now():
                 return self._assign(self._take(len(self._free)))
-            await self._until_woken(remaining)
+            return []
+
+    def _admit_now(self) -> bool:
+        if not self._queue or not self._free:
+            return False
+        if not self._running:
+            return True
+        enough = min(self._engine.admission_batch, len(self._free))
+        return self._depth >= enough or time.monotonic() >= self._admission_deadline()
+
+    def _admission_deadline(self) -> float:
+        """When the oldest queued item stops waiting for company (infinite if none)."""
+        if not self._queue or not self._free:
+            return math.inf
+        return self._queue[0].enqueued_at + self.config.max_queue_delay_ms / 1000
 
     def _assign(
         self, entries: list[Entry[ItemT, ResultT]]
@@ -128,7 +142,11 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
         self._attention.clear()
         loop = asyncio.get_running_loop()
         outcomes, rows = await loop.run_in_executor(
-            self._executor, self._work, [(row, e.item) for row, e in admitted], gone
+            self._executor,
+            self._work,
+            [(row, e.item) for row, e in admitted],
+            gone,
+            self._admission_deadline(),
         )
         for row in gone:
             self._free_row(row)
@@ -145,9 +163,10 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
             self._observer.batch_done(self.name, rows, waits, time.monotonic() - started)
 
     def _work(
-        self, admitted: list[tuple[int, ItemT]], gone: list[int]
+        self, admitted: list[tuple[int, ItemT]], gone: list[int], deadline: float
     ) -> tuple[list[Outcome[ResultT]], int]:
-        """In the worker thread: the outcomes, and the rows that ran."""
+        """In the worker thread: the outcomes, and the rows that ran. Steps until one
+        finishes, the loop has news, or a queued item's wait for company ends."""
         engine = self._engine
         if gone:
             engine.release(gone)
@@ -155,7 +174,7 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
         rows = engine.running
         while engine.running:  # at least one step, so the running rows always progress
             outcomes += engine.step()
-            if outcomes or self._attention.is_set():
+            if outcomes or self._attention.is_set() or time.monotonic() >= deadline:
                 break
         return outcomes, rows
 

@@ -26,6 +26,7 @@ class Running:
 @dataclass
 class FakeStepEngine:
     rows: int = 4
+    admission_batch: int = 1
     step_seconds: float = 0.0
     gate: threading.Event = field(default_factory=threading.Event)
     explode: bool = False

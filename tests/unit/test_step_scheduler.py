@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -175,19 +176,40 @@ def test_an_item_waiting_for_a_row_times_out_but_running_ones_do_not() -> None:
     assert [item for _, item in engine.admitted] == [(600, 1)]
 
 
-def test_an_idle_engine_gathers_its_first_rows_for_the_delay() -> None:
-    engine = FakeStepEngine(rows=4)
+def test_an_idle_engine_admits_at_once_and_a_busy_one_gathers_newcomers() -> None:
+    engine = FakeStepEngine(rows=8, admission_batch=3, step_seconds=0.001)
 
     async def scenario() -> list[int]:
-        async with started(engine, max_queue_delay_ms=200) as scheduler:
+        async with started(engine, max_queue_delay_ms=10_000) as scheduler:
+            long = asyncio.ensure_future(scheduler.run([(100_000, 0)]))
+            await until(lambda: engine.steps >= 1, "the first item runs at once")
             futures = []
-            for value in range(3):
+            for value in (1, 2, 3):  # the first two wait for a third to share the pass
                 futures.append(scheduler.submit((2, value)))
-                await asyncio.sleep(0.01)
-            return list(await asyncio.gather(*futures))
+                await asyncio.sleep(0.02)
+            results = list(await asyncio.gather(*futures))
+            long.cancel()
+            return results
 
-    assert run(scenario()) == [0, 10, 20]
-    assert engine.admissions[0] == [0, 1, 2]
+    assert run(scenario()) == [10, 20, 30]
+    assert engine.admissions[:2] == [[0], [1, 2, 3]]
+
+
+def test_a_newcomer_waits_for_company_no_longer_than_the_delay() -> None:
+    engine = FakeStepEngine(rows=8, admission_batch=4, step_seconds=0.001)
+
+    async def scenario() -> float:
+        async with started(engine, max_queue_delay_ms=100) as scheduler:
+            long = asyncio.ensure_future(scheduler.run([(100_000, 0)]))
+            await until(lambda: engine.steps >= 1, "the first item runs")
+            submitted = time.monotonic()
+            await scheduler.run([(1, 1)])
+            long.cancel()
+            return time.monotonic() - submitted
+
+    waited = run(scenario())
+    assert 0.09 <= waited < 2.0
+    assert engine.admissions[:2] == [[0], [1]]
 
 
 def test_draining_fails_running_and_queued_items_at_once() -> None:
