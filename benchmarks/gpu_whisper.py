@@ -332,8 +332,9 @@ def kernels(engine: WhisperTorchEngine, device: torch.device, batches: Sequence[
         if batch <= 8 and engine._encoder._graphs:
             with torch.inference_mode():
                 start = time.perf_counter()
+                rows = torch.arange(batch, device=device)
                 for _ in range(repeats):
-                    engine._encoder._run(features)
+                    engine._encoder.admit(features, rows)
                 sync(device)
             seconds = (time.perf_counter() - start) / repeats
             graphed = out.setdefault("encoder_ms_per_window_graph", {})

@@ -50,9 +50,9 @@ class RowState:
     """Of every generated token, the end of text included."""
     no_speech: torch.Tensor
     """The probability of ``<|nospeech|>`` at the start of the transcript."""
-    sot_last: torch.Tensor
-    """The prompt ends with its start-of-transcript token, so the first step's logits
-    give the no-speech probability (else the prompt pass gave it)."""
+    action: torch.Tensor
+    """What the row's next token is: a prompt token to feed (>= 0), its language
+    (-2), or its own choice (-1); :mod:`models.whisper_torch` keeps it."""
     min_tokens: torch.Tensor
     """The end of text is suppressed until this many tokens (0: no floor)."""
     max_tokens: torch.Tensor
@@ -73,7 +73,7 @@ class RowState:
             temperature=zeros(torch.float32),
             logprob_sum=zeros(torch.float32),
             no_speech=zeros(torch.float32),
-            sot_last=zeros(torch.bool),
+            action=zeros(torch.long),
             min_tokens=zeros(torch.long),
             max_tokens=zeros(torch.long),
             force_end=zeros(torch.bool),

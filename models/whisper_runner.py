@@ -34,7 +34,7 @@ chunks captured as CUDA graphs (1, 2, 4, 8 windows): a 32-layer encoder is some
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -77,7 +77,9 @@ class DecoderRunner:
         self.device, self.dtype = parameter.device, parameter.dtype
         layers = len(self.layers)
         kv = (layers, rows, self.heads, MAX_LENGTH, self.head_dim)
-        cross = (layers, rows, self.heads, self.frames, self.head_dim)
+        cross = (layers, rows + 1, self.heads, self.frames, self.head_dim)
+        self.scratch_row = rows
+        """A cross-attention row no step reads: padding of a graphed admission lands here."""
         make = {"device": self.device, "dtype": self.dtype}
         self.self_k, self.self_v = torch.zeros(kv, **make), torch.zeros(kv, **make)
         self.cross_k, self.cross_v = torch.zeros(cross, **make), torch.zeros(cross, **make)
@@ -247,10 +249,14 @@ class DecoderRunner:
 
 
 class EncoderRunner:
-    """The encoder over admitted windows: on CUDA, graphs of 1, 2, 4 or 8 windows."""
+    """The encoder over admitted windows, and their cross-attention keys and values
+    written into their rows; on CUDA as graphs of 1, 2, 4 or 8 windows."""
 
-    def __init__(self, model: Any, *, cuda_graphs: bool, chunk: int = 0) -> None:
+    def __init__(
+        self, model: Any, decoder: DecoderRunner, *, cuda_graphs: bool, chunk: int = 0
+    ) -> None:
         self.encoder: Any = model.model.encoder
+        self.decoder = decoder
         config = model.config
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
@@ -263,37 +269,42 @@ class EncoderRunner:
         self._input = torch.zeros(
             (largest, int(config.num_mel_bins), frames), dtype=self.dtype, device=self.device
         )
+        self._rows = torch.full((largest,), decoder.scratch_row, device=self.device)
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         if cuda_graphs and on_gpu:
             try:
-                self._graphs = capture_graphs(self._buckets, self._encode_input, self.device)
+                self._graphs = capture_graphs(self._buckets, self._graphed, self.device)
             except Exception:  # eager still works; only launch overhead is lost
                 logger.exception("encoder CUDA graphs could not be captured; running eagerly")
                 self._graphs = {}
 
-    def _encode_input(self, count: int) -> torch.Tensor:
-        out: torch.Tensor = self.encoder(input_features=self._input[:count]).last_hidden_state
+    def _graphed(self, count: int) -> torch.Tensor:
+        return self._encode(self._input[:count], self._rows[:count])
+
+    def _encode(self, features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.encoder(input_features=features).last_hidden_state
+        self.decoder.set_cross(rows, out)
         return out
 
-    def chunks(self, features: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
-        """``(which windows, their encoder output)`` chunk by chunk; an output is only
-        valid until the next chunk is computed."""
+    def admit(self, features: torch.Tensor, rows: torch.Tensor) -> None:
+        """Encode ``features`` (one window each) into the cross-attention of ``rows``."""
         total = features.shape[0]
         step = self.chunk or total
         for start in range(0, total, step):
             part = slice(start, min(start + step, total))
-            yield part, self._run(features[part].to(self.dtype))
+            self._run(features[part].to(self.dtype), rows[part])
 
-    def _run(self, features: torch.Tensor) -> torch.Tensor:
+    def _run(self, features: torch.Tensor, rows: torch.Tensor) -> None:
         count = features.shape[0]
         bucket = next((b for b in self._buckets if b >= count), None)
         graph = self._graphs.get(bucket) if bucket is not None else None
         if graph is None:
-            out: torch.Tensor = self.encoder(input_features=features).last_hidden_state
-            return out
+            self._encode(features, rows)
+            return
         self._input[:count].copy_(features)
+        self._rows.fill_(self.decoder.scratch_row)
+        self._rows[:count].copy_(rows)
         graph[0].replay()
-        return graph[1][:count]
 
 
 def capture_graphs(

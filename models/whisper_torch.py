@@ -5,9 +5,13 @@ it is done, this engine keeps up to ``rows`` windows decoding at once and lets t
 come and go one step at a time, the way vLLM and TGI serve LLMs:
 
 - :meth:`WhisperTorchEngine.admit` puts windows into free rows: one batched
-  encoder pass over the newcomers, their cross-attention keys and values written
-  into their rows, language detection where none was given, and one pass over
-  their prompts;
+  encoder pass over the newcomers (a CUDA graph with their cross-attention keys
+  and values written into their rows); their prompts then enter through the
+  decode steps, a token per step, like generated tokens, so that a newcomer
+  costs no pass of its own (only a long text prompt is run as one block first);
+  a window without a language has it picked, at its
+  ``<|startoftranscript|>`` step, from the language tokens, as CTranslate2's
+  ``detect_language`` does;
 - :meth:`WhisperTorchEngine.step` advances every running row by one token (one
   CUDA graph launch on a GPU, then Whisper's rules applied per row on the device)
   and returns the windows that finished, whose rows are free again at once;
@@ -84,14 +88,32 @@ def default_alignment_heads(layers: int, heads: int) -> list[tuple[int, int]]:
     return [(layer, head) for layer in range(layers // 2, layers) for head in range(heads)]
 
 
+DETECT = -2
+"""In a row's script: the next token is the language, picked from the step's logits."""
+GENERATE = -1
+"""The row's next token is its own choice: it is past its prompt."""
+PREFILL_FROM = 16
+"""Prompt text longer than this many tokens is run as one block at admission rather
+than a token per step."""
+
+
 @dataclass(slots=True)
 class _Row:
-    """Host-side bookkeeping of one running window."""
+    """Host-side bookkeeping of one running window.
+
+    ``script`` holds what the row's next steps must produce before it decodes on its
+    own: prompt tokens to feed, or :data:`DETECT` for its language.
+    """
 
     item: TranscriptionItem
-    language: str
-    tokenizer: WhisperTokenizer
+    language: str | None
+    tokenizer: WhisperTokenizer | None
+    script: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
+
+    @property
+    def next_action(self) -> int:
+        return self.script[0] if self.script else GENERATE
 
 
 class WhisperTorchEngine:
@@ -179,9 +201,12 @@ class WhisperTorchEngine:
         with torch.inference_mode():
             self._runner = DecoderRunner(model, self.rows, cuda_graphs=self.cuda_graphs)
             self._encoder = EncoderRunner(
-                model, cuda_graphs=self.cuda_graphs, chunk=self.encoder_batch_size
+                model, self._runner, cuda_graphs=self.cuda_graphs, chunk=self.encoder_batch_size
             )
         self._state = RowState.allocate(self.rows, self.device)
+        self._language_ids = torch.tensor(
+            list(tokenizer.language_tokens) or [tokenizer.eot], device=self.device
+        )
         self._rules = DecodingRules(
             tokenizer,
             config.vocab_size,
@@ -318,32 +343,60 @@ class WhisperTorchEngine:
     def _start_rows(self, accepted: list[tuple[int, TranscriptionItem]]) -> None:
         rows = torch.tensor([row for row, _ in accepted], device=self.device)
         features = self._features([item.audio for _, item in accepted])
-        for part, encoded in self._encoder.chunks(features):
-            self._runner.set_cross(rows[part], encoded)
-        languages = self._languages(rows, [item for _, item in accepted])
-        prompts: list[list[int]] = []
-        for (row, item), language in zip(accepted, languages, strict=True):
-            tokenizer = self.tokenizer.for_language(language, item.options.task)
-            previous = self._prompt_tokens(prompt_tail(item.options.prompt or ""))
-            prompts.append(tokenizer.prompt(previous if item.options.prompt else ()))
-            self._running[row] = _Row(item, language, tokenizer)
-            self._sampling += item.options.temperature > 0
-        no_speech = self._prefill(rows, prompts)
-        limits = [
-            self._limits(item, len(p)) for (_, item), p in zip(accepted, prompts, strict=True)
+        self._encoder.admit(features, rows)
+        items = [item for _, item in accepted]
+        prompted_unknown = [
+            i for i, item in enumerate(items) if item.options.prompt and self._unknown(item)
         ]
-        sot = self.tokenizer.sot
-        self._runner.tokens.index_copy_(0, rows, self._long([p[-1] for p in prompts]))
-        self._runner.positions.index_copy_(0, rows, self._long([len(p) - 1 for p in prompts]))
+        detected = self._detect(rows, items, prompted_unknown)
+        first_tokens: list[int] = []
+        positions: list[int] = []
+        actions: list[int] = []
+        limits: list[tuple[int, int, bool]] = []
+        blocks: list[tuple[int, list[int]]] = []
+        for i, (row, item) in enumerate(accepted):
+            language = detected.get(i) or (None if self._unknown(item) else self._language(item))
+            previous = self._prompt_tokens(prompt_tail(item.options.prompt or ""))
+            head = [self.tokenizer.sot_prev, *previous] if item.options.prompt else []
+            if language is None:
+                tokenizer = None
+                task = self._task_token(item)
+                sequence = [*head, self.tokenizer.sot, DETECT, task]
+            else:
+                tokenizer = self.tokenizer.for_language(language, item.options.task)
+                sequence = tokenizer.prompt(previous if item.options.prompt else ())
+            fed_at = len(head) if len(head) > PREFILL_FROM else 0
+            if fed_at:
+                blocks.append((i, head))
+            entry = _Row(item, language, tokenizer, script=sequence[fed_at + 1 :])
+            self._running[row] = entry
+            self._sampling += item.options.temperature > 0
+            first_tokens.append(sequence[fed_at])
+            positions.append(fed_at)
+            actions.append(entry.next_action)
+            limits.append(self._limits(item, len(sequence)))
+        if blocks:
+            self._prefill([(int(rows[i]), head) for i, head in blocks])
+        self._runner.tokens.index_copy_(0, rows, self._long(first_tokens))
+        self._runner.positions.index_copy_(0, rows, self._long(positions))
         self._state.admit(
             rows,
-            temperature=torch.tensor([item.options.temperature for _, item in accepted]),
-            no_speech=no_speech,
-            sot_last=torch.tensor([p[-1] == sot for p in prompts]),
-            min_tokens=self._long([low for low, _, _ in limits]),
-            max_tokens=self._long([high for _, high, _ in limits]),
+            temperature=torch.tensor([item.options.temperature for item in items]),
+            action=torch.tensor(actions),
+            min_tokens=torch.tensor([low for low, _, _ in limits]),
+            max_tokens=torch.tensor([high for _, high, _ in limits]),
             force_end=torch.tensor([forced for _, _, forced in limits]),
         )
+
+    def _unknown(self, item: TranscriptionItem) -> bool:
+        return self.multilingual and not item.options.language
+
+    def _language(self, item: TranscriptionItem) -> str:
+        return (item.options.language or "en") if self.multilingual else "en"
+
+    def _task_token(self, item: TranscriptionItem) -> int:
+        tokenizer = self.tokenizer
+        return tokenizer.translate if item.options.task == "translate" else tokenizer.transcribe
 
     def _long(self, values: Sequence[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -358,45 +411,28 @@ class WhisperTorchEngine:
         low, high = forced
         return min(low, natural - 1), min(high, natural), True
 
-    def _languages(self, rows: torch.Tensor, items: Sequence[TranscriptionItem]) -> list[str]:
-        """Each item's language: its own, English on an English-only model, else detected
-        from the first token after ``<|startoftranscript|>``, as CTranslate2 does."""
-        if not self.multilingual:
-            return ["en"] * len(items)
-        unknown = [i for i, item in enumerate(items) if not item.options.language]
-        languages = [item.options.language or "" for item in items]
-        if unknown:
-            index = torch.tensor(unknown, device=self.device)
-            sot = torch.full((len(unknown), 1), self.tokenizer.sot, device=self.device)
-            hidden = self._runner.prefill(rows.index_select(0, index), sot)
-            logits = self._runner.logits(hidden[:, 0])
-            candidates = self.tokenizer.language_tokens
-            ids = torch.tensor(list(candidates), device=self.device)
-            best = ids[logits.index_select(1, ids).argmax(dim=-1)].tolist()
-            for i, token in zip(unknown, best, strict=True):
-                languages[i] = candidates[int(token)]
-        return languages
+    def _detect(
+        self, rows: torch.Tensor, items: Sequence[TranscriptionItem], which: Sequence[int]
+    ) -> dict[int, str]:
+        """Languages for the items in ``which``, detected from ``<|startoftranscript|>``
+        alone, as CTranslate2's ``detect_language`` does: for windows with a text
+        prompt, whose own start-of-transcript step would read the prompt too."""
+        if not which:
+            return {}
+        index = torch.tensor(list(which), device=self.device)
+        sot = torch.full((len(which), 1), self.tokenizer.sot, device=self.device)
+        hidden = self._runner.prefill(rows.index_select(0, index), sot)
+        ids = self._language_ids
+        best = ids[self._runner.logits(hidden[:, 0]).index_select(1, ids).argmax(dim=-1)]
+        languages = self.tokenizer.language_tokens
+        return {i: languages[int(token)] for i, token in zip(which, best.tolist(), strict=True)}
 
-    def _prefill(self, rows: torch.Tensor, prompts: list[list[int]]) -> torch.Tensor:
-        """Run every prompt but its last token (the first step feeds that one), and
-        read the no-speech probability where ``<|startoftranscript|>`` is not last."""
-        no_speech = torch.zeros(len(prompts), device=self.device)
-        longest = max(len(p) for p in prompts) - 1
-        if longest == 0:
-            return no_speech
-        block = torch.tensor(
-            [p[:-1] + [self.tokenizer.eot] * (longest + 1 - len(p)) for p in prompts],
-            device=self.device,
-        )
-        hidden = self._runner.prefill(rows, block)
-        sot = self.tokenizer.sot
-        at_sot = [(i, p.index(sot)) for i, p in enumerate(prompts) if p[-1] != sot]
-        if at_sot:
-            which = torch.tensor([i for i, _ in at_sot], device=self.device)
-            where = torch.tensor([k for _, k in at_sot], device=self.device)
-            probs = self._runner.logits(hidden[which, where]).softmax(dim=-1)
-            no_speech[which] = probs[:, self.tokenizer.no_speech]
-        return no_speech
+    def _prefill(self, blocks: Sequence[tuple[int, list[int]]]) -> None:
+        """Run long prompt heads as one block each (right-padded), into their rows."""
+        longest = max(len(head) for _, head in blocks)
+        padded = [head + [self.tokenizer.eot] * (longest - len(head)) for _, head in blocks]
+        rows = self._long([row for row, _ in blocks])
+        self._runner.prefill(rows, torch.tensor(padded, device=self.device))
 
     # -- the step --------------------------------------------------------------------
 
@@ -405,9 +441,10 @@ class WhisperTorchEngine:
         state = self._state
         logits = self._runner.step(count)[:count]
         fed = self._runner.tokens[:count]
-        first = (state.generated[:count] == 0) & state.sot_last[:count]
-        probs = logits.softmax(dim=-1)[:, self._rules.no_speech]
-        state.no_speech[:count] = torch.where(first, probs, state.no_speech[:count])
+        action = state.action[:count]
+        at_start = fed == self.tokenizer.sot
+        no_speech = logits.softmax(dim=-1)[:, self._rules.no_speech]
+        state.no_speech[:count] = torch.where(at_start, no_speech, state.no_speech[:count])
         shaped = self._rules.apply(logits, fed, state)
         chosen, logprob = self._rules.pick(
             shaped,
@@ -415,17 +452,21 @@ class WhisperTorchEngine:
             sampling=self._sampling > 0,
             generator=self._generator,
         )
+        ids = self._language_ids
+        language = ids[logits.index_select(1, ids).argmax(dim=-1)]
+        chosen = torch.where(action >= 0, action, torch.where(action == DETECT, language, chosen))
         active = state.active[:count]
-        state.logprob_sum[:count] += torch.where(active, logprob, 0.0)
+        own = active & (action == GENERATE)
+        state.logprob_sum[:count] += torch.where(own, logprob, 0.0)
         state.previous[:count] = fed
-        state.generated[:count] += active
+        state.generated[:count] += own
         self._runner.positions[:count] += active
         self._runner.tokens[:count] = chosen
         is_timestamp = chosen >= self._rules.timestamp_begin
         state.last_timestamp[:count] = torch.where(
-            active & is_timestamp, chosen, state.last_timestamp[:count]
+            own & is_timestamp, chosen, state.last_timestamp[:count]
         )
-        finished = active & (
+        finished = own & (
             (chosen == self._rules.eot) | (state.generated[:count] >= state.max_tokens[:count])
         )
         state.active[:count] &= ~finished
@@ -435,23 +476,33 @@ class WhisperTorchEngine:
         return self._collect(host.numpy())
 
     def _collect(self, host: np.ndarray) -> list[RowResult]:
-        """Record each running row's new token; finish the rows that ended."""
+        """Record each running row's new token; move scripted rows on; finish the ended."""
         tokens, finished, logprob_sums, no_speech = host
         done: list[RowResult] = []
+        moved: list[tuple[int, int]] = []
         for index, row in enumerate(self._running[: len(tokens)]):
             if row is None:
                 continue
-            row.tokens.append(int(tokens[index]))
+            token = int(tokens[index])
+            if row.script:
+                if row.script.pop(0) == DETECT:
+                    row.language = self.tokenizer.language_tokens.get(token, "en")
+                    row.tokenizer = self.tokenizer.for_language(row.language, row.item.options.task)
+                moved.append((index, row.next_action))
+                continue
+            row.tokens.append(token)
             if not finished[index]:
                 continue
             try:
-                done.append(
-                    (index, self._finish(index, row, logprob_sums[index], no_speech[index]))
-                )
+                result = self._finish(index, row, logprob_sums[index], no_speech[index])
+                done.append((index, result))
             except Exception as exc:  # one row's failure is that row's alone
                 logger.exception("whisper torch engine: finishing row %d failed", index)
                 done.append((index, exc))
             self._leave(index)
+        if moved:
+            rows = self._long([index for index, _ in moved])
+            self._state.action.index_copy_(0, rows, self._long([action for _, action in moved]))
         return done
 
     def _leave(self, row: int) -> None:
@@ -463,6 +514,7 @@ class WhisperTorchEngine:
     def _finish(
         self, index: int, row: _Row, logprob_sum: float, no_speech: float
     ) -> WindowTranscript:
+        assert row.language is not None and row.tokenizer is not None  # set by its prompt
         tokens = row.tokens[:-1] if row.tokens and row.tokens[-1] == self._rules.eot else row.tokens
         avg_logprob = float(logprob_sum) / (len(tokens) + 1)
         decoded = decode_window(
@@ -478,6 +530,7 @@ class WhisperTorchEngine:
         """Word timings and token probabilities from one teacher-forced pass over the
         window's text, with the row's cross-attention still in place."""
         tokenizer = row.tokenizer
+        assert tokenizer is not None
         start = tokenizer.sot_sequence
         text = decoded.tokens
         sequence = [*start, tokenizer.no_timestamps, *text, tokenizer.eot]
