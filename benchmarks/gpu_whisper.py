@@ -18,7 +18,7 @@ for each (float32). Sections of the JSON:
 
 ``throughput``
     Random weights (std 0.02, labelled so) in large-v3's and large-v3-turbo's
-    shapes, bfloat16 with SDPA and CUDA graphs. Each window's length is drawn
+    shapes, float16 (``--throughput-dtype``) with SDPA and CUDA graphs. Each window's length is drawn
     from a log-uniform distribution over 10-150 tokens (median 39, mean 52; most
     real requests are short utterances): the end of text is suppressed until
     then, and forced there. A closed loop of C clients (C = ``--concurrency``)
@@ -64,7 +64,7 @@ import torch
 from models.base import SAMPLE_RATE, DecodingOptions, TranscriptionItem, WindowTranscript
 from models.ct2_convert import convert_whisper
 from models.whisper_tokenizer import WhisperTokenizer
-from models.whisper_torch import WhisperTorchEngine
+from models.whisper_torch import WhisperTorchEngine, resolve_dtype
 
 SHAPES: dict[str, dict[str, Any]] = {
     "large-v3": {
@@ -251,12 +251,12 @@ def throughput(
     tokenizer: WhisperTokenizer,
     device: torch.device,
     *,
+    dtype: torch.dtype,
     rows: int,
     concurrency: Sequence[int],
     windows_per_client: int,
     graphs: bool,
 ) -> dict[str, Any]:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     started = time.perf_counter()
     model = random_model(shape, device, dtype)
     lengths = Lengths(seed=1)
@@ -489,6 +489,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
+    parser.add_argument(
+        "--throughput-dtype", default="auto", help="auto: float16 on CUDA, float32 on the CPU"
+    )
     parser.add_argument("--shapes", nargs="+", default=["large-v3", "large-v3-turbo"])
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -528,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             shape,
             tokenizer,
             device,
+            dtype=resolve_dtype(args.throughput_dtype, device),
             rows=args.rows,
             concurrency=args.concurrency,
             windows_per_client=args.windows_per_client,
