@@ -18,12 +18,13 @@ for each (float32). Sections of the JSON:
 
 ``throughput``
     Random weights (std 0.02, labelled so) in large-v3's and large-v3-turbo's
-    shapes, float16 (``--throughput-dtype``) with SDPA and CUDA graphs. Each window's length is drawn
-    from a log-uniform distribution over 10-150 tokens (median 39, mean 52; most
-    real requests are short utterances): the end of text is suppressed until
-    then, and forced there. A closed loop of C clients (C = ``--concurrency``)
-    each keep one 30-s window in flight; windows are admitted first come, first
-    served into free rows (what the server's scheduler does). Two modes on the
+    shapes, float16 (``--throughput-dtype``) with SDPA and CUDA graphs. Each
+    window's length is drawn from a log-uniform distribution over 10-150 tokens
+    (median 39, mean 52; most real requests are short utterances): the end of
+    text is suppressed until then, and forced there. A closed loop of C clients
+    (C = ``--concurrency``) each keep one 30-s window in flight; windows are
+    admitted first come, first served into free rows by the server scheduler's
+    rule. Two modes on the
     same engine and rows: ``continuous`` (a window joins at the next step, leaves
     as it ends) and ``whole`` (a batch is formed only when the engine is idle,
     and runs until its longest window ends). Reported: windows/s and the p50/p95

@@ -180,9 +180,11 @@ class WhisperTorchEngine:
 
         if self.model_path is None:
             raise RuntimeError("no model_path to load from")
-        placement = {"device_map": str(self.device)} if self.device.type == "cuda" else {}
         model: Any = WhisperForConditionalGeneration.from_pretrained(
-            str(self.model_path), dtype=self.dtype, attn_implementation="sdpa", **placement
+            str(self.model_path),
+            dtype=self.dtype,
+            attn_implementation="sdpa",
+            device_map=str(self.device) if self.device.type == "cuda" else None,
         )
         model.to(self.device)
         tokenizer = WhisperTokenizer.from_file(
