@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test lint bench bench-quick bench-ops
+.PHONY: serve test lint bench bench-quick bench-ops gpu-bundle bench-gpu
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,3 +26,15 @@ bench-quick: $(VENV)/.installed
 
 bench-ops: $(VENV)/.installed
 	$(PY) -m benchmarks.overload && $(PY) -m benchmarks.soak
+
+# The GPU benchmark: write its bundle here (a full install), then on the GPU box, which
+# needs only torch, transformers, tokenizers, safetensors and numpy:
+#   python3 -m benchmarks.gpu_whisper --bundle .gpu --out gpu_whisper.json
+gpu-bundle: $(VENV)/.installed
+	$(PY) -m benchmarks.gpu_prepare --out .gpu
+
+bench-gpu: .gpu/expected.json
+	python3 -m benchmarks.gpu_whisper --bundle .gpu --out gpu_whisper.json
+
+.gpu/expected.json:
+	$(MAKE) gpu-bundle

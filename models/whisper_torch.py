@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from models.alignment import Alignment, alignment_path, words_and_logprobs
-from models.base import SAMPLE_RATE, TranscriptionItem, WindowTranscript
+from models.base import SAMPLE_RATE, Task, TranscriptionItem, WindowTranscript
 from models.whisper_decoding import (
     HOP_LENGTH,
     MAX_INITIAL_TIMESTAMP,
@@ -154,7 +154,9 @@ class WhisperTorchEngine:
         self._alignment_heads: list[tuple[int, int]] = []
         self._running: list[_Row | None] = [None] * rows
         self._sampling = 0  # running rows with a temperature above 0
+        self._at_start = 0  # rows that feed <|startoftranscript|> at the next step
         self._prompt_tokens = lru_cache(maxsize=1024)(self._encode_prompt)
+        self._tokenizer_for = lru_cache(maxsize=256)(self._make_tokenizer)
 
     # -- loading -----------------------------------------------------------------------
 
@@ -248,6 +250,9 @@ class WhisperTorchEngine:
     def multilingual(self) -> bool:
         return self.tokenizer.multilingual
 
+    def _make_tokenizer(self, language: str, task: Task) -> WhisperTokenizer:
+        return self.tokenizer.for_language(language, task)
+
     def _encode_prompt(self, prompt: str) -> tuple[int, ...]:
         tokens = self.tokenizer.encode(" " + prompt)
         return tuple(tokens[-MAX_PROMPT_TOKENS:])
@@ -302,7 +307,7 @@ class WhisperTorchEngine:
         with torch.inference_mode():
             return self._step()
 
-    def release(self, rows: Sequence[int]) -> None:
+    def release(self, rows: Iterable[int]) -> None:
         """Stop ``rows`` now (their requests went away); they are free at once."""
         stopped = [row for row in rows if self._running[row] is not None]
         if not stopped:
@@ -329,8 +334,12 @@ class WhisperTorchEngine:
             done: dict[int, WindowTranscript | BaseException] = dict(
                 self.admit(list(enumerate(chunk)))
             )
-            while self.running:
-                done.update(self.step())
+            try:
+                while self.running:
+                    done.update(self.step())
+            except BaseException:  # leave the engine idle for the caller's retry
+                self.release(range(self.rows))
+                raise
             for row in range(len(chunk)):
                 outcome = done[row]
                 if isinstance(outcome, BaseException):
@@ -372,7 +381,7 @@ class WhisperTorchEngine:
                 task = self._task_token(item)
                 sequence = [*head, self.tokenizer.sot, DETECT, task]
             else:
-                tokenizer = self.tokenizer.for_language(language, item.options.task)
+                tokenizer = self._tokenizer_for(language, item.options.task)
                 sequence = tokenizer.prompt(previous if item.options.prompt else ())
             fed_at = len(head) if len(head) > PREFILL_FROM else 0
             if fed_at:
@@ -381,6 +390,7 @@ class WhisperTorchEngine:
             self._running[row] = entry
             self._sampling += item.options.temperature > 0
             first_tokens.append(sequence[fed_at])
+            self._at_start += sequence[fed_at] == self.tokenizer.sot
             positions.append(fed_at)
             actions.append(entry.next_action)
             limits.append(self._limits(item, len(sequence)))
@@ -451,9 +461,11 @@ class WhisperTorchEngine:
         logits = self._runner.step(count)[:count]
         fed = self._runner.tokens[:count]
         action = state.action[:count]
-        at_start = fed == self.tokenizer.sot
-        no_speech = logits.softmax(dim=-1)[:, self._rules.no_speech]
-        state.no_speech[:count] = torch.where(at_start, no_speech, state.no_speech[:count])
+        if self._at_start:  # the no-speech probability is read at that step
+            at_start = fed == self.tokenizer.sot
+            no_speech = logits.softmax(dim=-1)[:, self._rules.no_speech]
+            state.no_speech[:count] = torch.where(at_start, no_speech, state.no_speech[:count])
+            self._at_start = 0
         shaped = self._rules.apply(logits, fed, state)
         chosen, logprob = self._rules.pick(
             shaped,
@@ -494,9 +506,10 @@ class WhisperTorchEngine:
                 continue
             token = int(tokens[index])
             if row.script:
+                self._at_start += token == self.tokenizer.sot
                 if row.script.pop(0) == DETECT:
                     row.language = self.tokenizer.language_tokens.get(token, "en")
-                    row.tokenizer = self.tokenizer.for_language(row.language, row.item.options.task)
+                    row.tokenizer = self._tokenizer_for(row.language, row.item.options.task)
                 moved.append((index, row.next_action))
                 continue
             row.tokens.append(token)
