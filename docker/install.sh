@@ -11,7 +11,10 @@
 # installed, whichever pip unpacked last owns the shared files. So install everything,
 # remove the CPU build, then reinstall the GPU build over the top so its files are whole.
 # (`pip check` afterwards reports `onnxruntime` as missing: expected, the module is there.)
-# constraints-cuda12.txt, next to this script, keeps the GPU build on CUDA 12.
+# constraints-cuda12.txt, next to this script, keeps the GPU build and torch (PyPI's CUDA
+# 12.8 wheels, which bring their own CUDA libraries as nvidia-*-cu12 wheels) on CUDA 12.
+# CONSTRAINTS names another constraints file: the tests put the CPU torch they run on in
+# place of the CUDA one (gigabytes), and a build for another CUDA would name its own.
 set -euo pipefail
 
 if [[ $# -ne 2 ]]; then
@@ -22,11 +25,12 @@ venv_dir=$1
 src_dir=$2
 python=${PYTHON:-python3}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+constraints=${CONSTRAINTS:-$here/constraints-cuda12.txt}
 
 "$python" -m venv "$venv_dir"
 pip=("$venv_dir/bin/python" -m pip --no-input --disable-pip-version-check)
 
-"${pip[@]}" install --no-cache-dir --constraint "$here/constraints-cuda12.txt" "${src_dir}[gpu]"
+"${pip[@]}" install --no-cache-dir --constraint "$constraints" "${src_dir}[gpu]"
 
 ort_gpu_version=$("$venv_dir/bin/python" -c \
     'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')

@@ -42,6 +42,9 @@ class HubSource(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     """Glob patterns of the files to fetch (``snapshot_download``'s ``allow_patterns``);
     each must match a file of the repository unless it is also in ``optional``."""
     optional: tuple[str, ...] = ()
+    any_of: tuple[tuple[str, ...], ...] = ()
+    """Alternative sets of patterns, at least one of which must match in full: weights
+    that come in either of two formats, each with files of its own."""
 
 
 class FileRecord(msgspec.Struct, frozen=True):
@@ -75,9 +78,14 @@ def pull(source: HubSource, cache_dir: Path, *, token: str | None = None) -> Sna
     if listing is None:  # offline or unreachable: the cache must vouch for itself
         manifest = _read_manifest(cache_dir, source.repo, commit)
         if manifest is None or manifest.files_wanted != source.files:
+            why = (
+                "were never verified"
+                if manifest is None
+                else "were verified for other files (an earlier voxserve fetched other patterns)"
+            )
             raise HubError(
-                f"{source.repo}: cached files at {commit[:12]} were never verified and the hub "
-                "cannot be reached to verify them; pull again with network access"
+                f"{source.repo}: cached files at {commit[:12]} {why} and the hub cannot be "
+                "reached to verify them; pull again with network access"
             )
         expected = {path: record.sha256 for path, record in manifest.files.items()}
         bad = [path for path, digest in expected.items() if _sha256(folder / path) != digest]
@@ -163,6 +171,11 @@ def _download(source: HubSource, cache_dir: Path, token: str | None) -> Path:
     missing = [p for p in wanted if not any(fnmatch(f, p) for f in present)]
     if missing:
         raise HubError(f"{source.repo} at {source.revision} has no file matching {missing}")
+    if source.any_of and not any(
+        all(any(fnmatch(f, p) for f in present) for p in group) for group in source.any_of
+    ):
+        sets = " or ".join(" + ".join(group) for group in source.any_of)
+        raise HubError(f"{source.repo} at {source.revision} has no weights: no {sets}")
     return path
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -179,11 +180,26 @@ WeightsFormat = Literal["ctranslate2", "transformers"]
 
 
 def weights_format(path: Path) -> WeightsFormat:
-    """Which kind of Whisper weights a directory holds."""
+    """Which kind of Whisper weights a directory holds: what decides the default engine.
+
+    A sharded transformers checkpoint must hold every shard its index names, so that a
+    pull that missed one is refused here, by name, rather than deep inside loading.
+    """
     if (path / "model.bin").is_file():
         return "ctranslate2"
-    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
-        return "transformers"
+    if (path / "config.json").is_file():
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text())["weight_map"].values())
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ModelLoadError(f"{index} is not a safetensors index: {exc}") from exc
+            missing = sorted(str(s) for s in shards if not (path / str(s)).is_file())
+            if missing:
+                raise ModelLoadError(f"{path} lacks shards its index names: {missing}")
+            return "transformers"
+        if any(path.glob("*.safetensors")):
+            return "transformers"
     raise ModelLoadError(
         f"{path} holds no Whisper model: neither CTranslate2's model.bin nor a transformers "
         "config.json with .safetensors weights"

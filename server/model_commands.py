@@ -19,7 +19,7 @@ import msgspec
 
 from models.hub import HubError, HubSource, locate, pull
 from models.library import LIBRARY, hub_source
-from models.registry import cache_path
+from models.registry import ModelLoadError, cache_path, weights_format
 from server.catalog import PRESETS, CatalogModel, SpeechModel
 from server.settings import Settings
 
@@ -85,11 +85,22 @@ def pull_command(names: Sequence[str], settings: Settings, out: TextIO = sys.std
             continue
         megabytes = snapshot.size / 1e6
         print(
-            f"{name}: verified {megabytes:.1f} MB at {snapshot.commit} in {snapshot.path}",
+            f"{name}: verified {megabytes:.1f} MB at {snapshot.commit} in {snapshot.path}"
+            f"{_format_note(snapshot.path)}",
             file=out,
             flush=True,
         )
     return 1 if failed else 0
+
+
+def _format_note(path: Path) -> str:
+    """Which Whisper format arrived, and so which engine serves it by default."""
+    try:
+        found = weights_format(path)
+    except ModelLoadError:  # Kokoro's files, not a Whisper directory
+        return ""
+    engine = "torch" if found == "transformers" else "ctranslate2"
+    return f" ({found} weights: engine {engine} by default)"
 
 
 def list_command(settings: Settings, *, as_json: bool, out: TextIO = sys.stdout) -> int:
@@ -138,7 +149,7 @@ def list_command(settings: Settings, *, as_json: bool, out: TextIO = sys.stdout)
     print("\nlibrary (what `voxserve models pull NAME` fetches):", file=out)
     for row in library:
         state = row["pulled"] or "not pulled"
-        print(f"  {row['name']:<24} {row['repo']:<52} ~{row['approx_mb']} MB  {state}", file=out)
+        print(f"  {row['name']:<26} {row['repo']:<52} ~{row['approx_mb']} MB  {state}", file=out)
     print(f"\npresets: {', '.join(PRESETS)}", file=out)
     return 0
 

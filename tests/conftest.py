@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import openai
@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from server.app import create_app
+from server.catalog import CatalogModel
 from server.settings import Settings
 from tests.speech import SENTENCES, spoken_wav
 
@@ -84,6 +85,64 @@ def server() -> Iterator[LiveServer]:
 @pytest.fixture(scope="session")
 def client(server: LiveServer) -> openai.OpenAI:
     return server.openai()
+
+
+Engine = Literal["ctranslate2", "torch"]
+STT_ENGINES: tuple[Engine, ...] = ("ctranslate2", "torch")
+"""The two Whisper engines every transcription feature is proven on."""
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One model cache for the session: the torch engine converts tiny.en into it once."""
+    return str(tmp_path_factory.mktemp("model-cache"))
+
+
+def stt_settings(engine: Engine, model_cache_dir: str, **overrides: Any) -> Settings:
+    """A transcription-only server whose whisper-1 is the embedded tiny.en on ``engine``.
+
+    CTranslate2 runs it in int8 with beam search 5, torch in float32 greedily (and with
+    continuous batching): the features must hold on both.
+    """
+    values: dict[str, Any] = {
+        "models": (CatalogModel(id="whisper-1", engine=engine),),
+        "speech_models": (),
+        "model_cache_dir": model_cache_dir,
+    }
+    values.update(overrides)
+    return make_settings(**values)
+
+
+ENGINE_CLASSES: dict[Engine, str] = {
+    "ctranslate2": "WhisperCT2Backend",
+    "torch": "WhisperTorchEngine",
+}
+
+
+def assert_engine(live: LiveServer, model_id: str, engine: Engine) -> None:
+    """``model_id`` really runs on ``engine``: a test meant for one engine must not pass
+    on the other because a setting was ignored."""
+    backend = live.app.state.runtime.transcription[model_id].backend
+    assert type(backend).__name__ == ENGINE_CLASSES[engine]
+
+
+@pytest.fixture(scope="session", params=STT_ENGINES)
+def stt_engine(request: pytest.FixtureRequest) -> Engine:
+    engine: Engine = request.param
+    return engine
+
+
+@pytest.fixture(scope="session")
+def stt_server(stt_engine: Engine, model_cache_dir: str) -> Iterator[LiveServer]:
+    """The transcription server, once per engine (tests using it run once for each)."""
+    with LiveServer(stt_settings(stt_engine, model_cache_dir)) as live:
+        assert_engine(live, "whisper-1", stt_engine)
+        yield live
+
+
+@pytest.fixture(scope="session")
+def stt_client(stt_server: LiveServer) -> openai.OpenAI:
+    return stt_server.openai()
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ REPETITIVE = " ".join(["Yes."] * 16)
 temperature: the whole ladder is climbed, which is what the fallback tests need."""
 
 
-def _fallbacks(server: LiveServer) -> float:
-    with server.http() as http:
+def _fallbacks(live: LiveServer) -> float:
+    with live.http() as http:
         text = http.get("/metrics").text
     match = re.search(
         r'^voxserve_transcription_fallbacks_total\{model="whisper-1"\} (\S+)$', text, re.M
@@ -30,17 +30,17 @@ def _fallbacks(server: LiveServer) -> float:
 
 
 def test_temperature_zero_climbs_the_ladder_without_holding_back_others(
-    server: LiveServer, client: openai.OpenAI
+    stt_server: LiveServer, stt_client: openai.OpenAI
 ) -> None:
     looping = spoken_wav(REPETITIVE)
     plain = spoken_wav(SENTENCES[6])
-    before = _fallbacks(server)
+    before = _fallbacks(stt_server)
     finished: dict[str, float] = {}
     texts: dict[str, str] = {}
     started = time.monotonic()
 
     def run(name: str, audio: bytes) -> None:
-        result = client.audio.transcriptions.create(
+        result = stt_client.audio.transcriptions.create(
             model="whisper-1", file=(f"{name}.wav", audio), response_format="verbose_json"
         )
         finished[name] = time.monotonic() - started
@@ -51,7 +51,7 @@ def test_temperature_zero_climbs_the_ladder_without_holding_back_others(
     time.sleep(0.3)  # the looping window is in its first try, or its second
     run("plain", plain)
     loop.join()
-    assert _fallbacks(server) - before == 5  # 0.2, 0.4, 0.6, 0.8 and 1.0 after 0.0
+    assert _fallbacks(stt_server) - before == 5  # 0.2, 0.4, 0.6, 0.8 and 1.0 after 0.0
     # Every try failed, and Whisper's best of them is still returned (not dropped). Which
     # one is best depends on unseeded sampling: at 1.0 tiny.en sometimes loops "S S S"
     # with a higher mean log-probability than "Yes, yes", so only non-empty is certain.
@@ -62,24 +62,24 @@ def test_temperature_zero_climbs_the_ladder_without_holding_back_others(
 
 
 def test_an_explicit_temperature_is_used_as_given(
-    server: LiveServer, client: openai.OpenAI
+    stt_server: LiveServer, stt_client: openai.OpenAI
 ) -> None:
-    before = _fallbacks(server)
-    result = client.audio.transcriptions.create(
+    before = _fallbacks(stt_server)
+    result = stt_client.audio.transcriptions.create(
         model="whisper-1",
         file=("loop.wav", spoken_wav(REPETITIVE)),
         response_format="verbose_json",
         temperature=0.4,
     )
-    assert _fallbacks(server) == before  # no ladder
+    assert _fallbacks(stt_server) == before  # no ladder
     assert result.segments and {s.temperature for s in result.segments} == {0.4}
 
 
-def test_a_prompt_steers_the_spelling_of_its_own_request_only(client: openai.OpenAI) -> None:
+def test_a_prompt_steers_the_spelling_of_its_own_request_only(stt_client: openai.OpenAI) -> None:
     audio = spoken_wav("We deploy voxserve on Kubernetes with Helm and Prometheus.")
 
     def transcribe(prompt: str | None) -> str:
-        result = client.audio.transcriptions.create(
+        result = stt_client.audio.transcriptions.create(
             model="whisper-1", file=("k.wav", audio), prompt=prompt or openai.omit
         )
         return result.text
@@ -99,8 +99,8 @@ def test_a_prompt_steers_the_spelling_of_its_own_request_only(client: openai.Ope
     assert results[""] == plain  # a neighbour's prompt did not leak into this one
 
 
-def test_english_on_an_english_model_is_accepted(client: openai.OpenAI) -> None:
-    result = client.audio.transcriptions.create(
+def test_english_on_an_english_model_is_accepted(stt_client: openai.OpenAI) -> None:
+    result = stt_client.audio.transcriptions.create(
         model="whisper-1",
         file=("a.wav", spoken_wav(SENTENCES[7])),
         language="en",
@@ -109,11 +109,11 @@ def test_english_on_an_english_model_is_accepted(client: openai.OpenAI) -> None:
     assert result.text == SENTENCES[7] and result.language == "english"
 
 
-def test_server_vad_padding_moves_where_the_speech_starts(client: openai.OpenAI) -> None:
+def test_server_vad_padding_moves_where_the_speech_starts(stt_client: openai.OpenAI) -> None:
     audio, times = timed_speech(SENTENCES[8], SENTENCES[9], pause_seconds=3.0, lead_seconds=6.0)
 
     def first_start(padding_ms: int) -> float:
-        result = client.audio.transcriptions.create(
+        result = stt_client.audio.transcriptions.create(
             model="whisper-1",
             file=("a.wav", audio),
             response_format="verbose_json",
@@ -133,7 +133,7 @@ def test_server_vad_padding_moves_where_the_speech_starts(client: openai.OpenAI)
     # Each window starts where the VAD says, less the padding; times stay absolute.
     assert speech_start - 0.3 <= tight <= speech_start + 0.5
     assert speech_start - 1.8 <= padded <= speech_start - 1.0
-    auto = client.audio.transcriptions.create(
+    auto = stt_client.audio.transcriptions.create(
         model="whisper-1", file=("a.wav", audio), chunking_strategy="auto"
     )
     assert words(auto.text) == words(f"{SENTENCES[8]} {SENTENCES[9]}")
@@ -148,8 +148,8 @@ def test_server_vad_padding_moves_where_the_speech_starts(client: openai.OpenAI)
     ],
     ids=["silence", "white-noise", "quiet-noise-45s"],
 )
-def test_silence_and_noise_give_no_text(client: openai.OpenAI, audio: np.ndarray) -> None:
-    result = client.audio.transcriptions.create(
+def test_silence_and_noise_give_no_text(stt_client: openai.OpenAI, audio: np.ndarray) -> None:
+    result = stt_client.audio.transcriptions.create(
         model="whisper-1", file=("n.wav", wav_bytes(audio, 16_000)), response_format="verbose_json"
     )
     assert result.text == "" and result.segments == []
@@ -163,12 +163,12 @@ def five_minutes() -> tuple[bytes, list[tuple[float, float]], list[str]]:
 
 
 def test_a_five_minute_file_has_ordered_times_inside_it(
-    client: openai.OpenAI, five_minutes: tuple[bytes, list[tuple[float, float]], list[str]]
+    stt_client: openai.OpenAI, five_minutes: tuple[bytes, list[tuple[float, float]], list[str]]
 ) -> None:
     audio, times, texts = five_minutes
     duration = duration_of(audio)
     assert duration >= 300
-    result = client.audio.transcriptions.create(
+    result = stt_client.audio.transcriptions.create(
         model="whisper-1",
         file=("five.wav", audio),
         response_format="verbose_json",

@@ -13,12 +13,14 @@ from tests.speech import SENTENCES, spoken_wav
 
 
 def test_streamed_text_equals_the_non_streamed_text(
-    client: openai.OpenAI, long_wav: tuple[bytes, str]
+    stt_client: openai.OpenAI, long_wav: tuple[bytes, str]
 ) -> None:
     audio = long_wav[0]
-    whole = client.audio.transcriptions.create(model="whisper-1", file=("long.wav", audio))
+    whole = stt_client.audio.transcriptions.create(model="whisper-1", file=("long.wav", audio))
     events = list(
-        client.audio.transcriptions.create(model="whisper-1", file=("long.wav", audio), stream=True)
+        stt_client.audio.transcriptions.create(
+            model="whisper-1", file=("long.wav", audio), stream=True
+        )
     )
     deltas = [e for e in events if e.type == "transcript.text.delta"]
     done = [e for e in events if e.type == "transcript.text.done"]
@@ -31,10 +33,10 @@ def test_streamed_text_equals_the_non_streamed_text(
     assert usage.model_dump()["seconds"] == whole.usage.seconds  # type: ignore[union-attr]
 
 
-def test_stream_with_logprobs_sends_each_deltas_tokens(client: openai.OpenAI) -> None:
+def test_stream_with_logprobs_sends_each_deltas_tokens(stt_client: openai.OpenAI) -> None:
     audio = spoken_wav(SENTENCES[2], SENTENCES[3])
     events = list(
-        client.audio.transcriptions.create(
+        stt_client.audio.transcriptions.create(
             model="whisper-1",
             file=("a.wav", audio),
             stream=True,
@@ -49,9 +51,9 @@ def test_stream_with_logprobs_sends_each_deltas_tokens(client: openai.OpenAI) ->
     assert [t.token for t in done.logprobs] == [t.token for t in delta.logprobs]
 
 
-def test_the_wire_format_is_sse_data_lines(server: LiveServer) -> None:
+def test_the_wire_format_is_sse_data_lines(stt_server: LiveServer) -> None:
     audio = spoken_wav(SENTENCES[4])
-    with server.http() as http:
+    with stt_server.http() as http:
         response = http.post(
             "/v1/audio/transcriptions",
             files={"file": ("a.wav", audio)},
@@ -76,9 +78,9 @@ def test_the_wire_format_is_sse_data_lines(server: LiveServer) -> None:
     ("content", "status", "param"), [(b"not audio", 400, "file"), (b"", 400, "file")]
 )
 def test_a_bad_file_is_refused_before_the_stream_starts(
-    server: LiveServer, content: bytes, status: int, param: str
+    stt_server: LiveServer, content: bytes, status: int, param: str
 ) -> None:
-    with server.http() as http:
+    with stt_server.http() as http:
         response = http.post(
             "/v1/audio/transcriptions",
             files={"file": ("a.wav", content)},
@@ -87,14 +89,14 @@ def test_a_bad_file_is_refused_before_the_stream_starts(
     assert_error(response, status, param, "")
 
 
-def test_silence_streams_only_an_empty_done(client: openai.OpenAI) -> None:
+def test_silence_streams_only_an_empty_done(stt_client: openai.OpenAI) -> None:
     import numpy as np
 
     from tests.speech import wav_bytes
 
     silence = wav_bytes(np.zeros(16_000 * 5, dtype=np.int16), 16_000)
     events = list(
-        client.audio.transcriptions.create(
+        stt_client.audio.transcriptions.create(
             model="whisper-1", file=("quiet.wav", silence), stream=True
         )
     )

@@ -13,10 +13,10 @@ from tests.speech import SENTENCES, duration_of, word_error_rate
 
 
 def test_json_gives_the_exact_text_and_usage_in_seconds(
-    client: openai.OpenAI, sentence_wavs: list[bytes]
+    stt_client: openai.OpenAI, sentence_wavs: list[bytes]
 ) -> None:
     wav = sentence_wavs[1]
-    result = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
+    result = stt_client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
     assert result.text == SENTENCES[1]
     assert result.usage is not None and result.usage.type == "duration"
     assert isinstance(result.usage, UsageDuration)
@@ -24,18 +24,18 @@ def test_json_gives_the_exact_text_and_usage_in_seconds(
 
 
 def test_text_format_is_the_plain_transcript(
-    client: openai.OpenAI, sentence_wavs: list[bytes]
+    stt_client: openai.OpenAI, sentence_wavs: list[bytes]
 ) -> None:
-    text = client.audio.transcriptions.create(
+    text = stt_client.audio.transcriptions.create(
         model="whisper-1", file=("a.wav", sentence_wavs[0]), response_format="text"
     )
     assert text == SENTENCES[0] + "\n"
 
 
 def test_every_form_field_of_this_issue_is_accepted(
-    client: openai.OpenAI, sentence_wavs: list[bytes]
+    stt_client: openai.OpenAI, sentence_wavs: list[bytes]
 ) -> None:
-    result = client.audio.transcriptions.create(
+    result = stt_client.audio.transcriptions.create(
         model="whisper-1",
         file=("a.wav", sentence_wavs[1]),
         language="en",
@@ -47,11 +47,11 @@ def test_every_form_field_of_this_issue_is_accepted(
 
 
 def test_a_file_longer_than_a_window_is_transcribed_in_order(
-    client: openai.OpenAI, long_wav: tuple[bytes, str]
+    stt_client: openai.OpenAI, long_wav: tuple[bytes, str]
 ) -> None:
     wav, expected = long_wav
     assert duration_of(wav) > 60
-    result = client.audio.transcriptions.create(model="whisper-1", file=("long.wav", wav))
+    result = stt_client.audio.transcriptions.create(model="whisper-1", file=("long.wav", wav))
     wer = word_error_rate([(expected, result.text)])
     assert wer is not None and wer <= 0.05
     # Order is kept: the first and last sentences are where they belong.
@@ -100,10 +100,10 @@ def test_models_are_listed_in_openais_shape(server: LiveServer, client: openai.O
 
 
 def test_a_very_long_prompt_is_cut_to_its_last_tokens(
-    client: openai.OpenAI, sentence_wavs: list[bytes]
+    stt_client: openai.OpenAI, sentence_wavs: list[bytes]
 ) -> None:
     prompt = "Meeting notes about the store. " * 3000  # ~93,000 characters
-    result = client.audio.transcriptions.create(
+    result = stt_client.audio.transcriptions.create(
         model="whisper-1", file=("a.wav", sentence_wavs[1]), prompt=prompt
     )
     assert result.text == SENTENCES[1]

@@ -15,8 +15,14 @@ three ways instead of being built:
   module as ``onnxruntime-gpu``; installed together, the CPU build's files win and the
   CUDA provider is gone. The installed venv must hold an intact GPU build (every file
   of its RECORD), built for the base image's CUDA major, that runs a graph on the CPU
-  provider; the server must import and ``voxserve --help`` run; and the native
-  libraries must need nothing that the runtime stage does not provide.
+  provider; the server and the torch engine must import and ``voxserve --help`` run; and
+  the native libraries must need nothing that the runtime stage does not provide.
+
+The image's torch is PyPI's CUDA build: gigabytes of it and its nvidia-* wheels, too much
+to download for a test. The replayed install runs with the CPU torch this test
+environment runs on put in place of the constraints' torch line (``CONSTRAINTS``), and
+the real line is checked apart: resolved against PyPI for the image's Python (metadata
+only), the torch it picks must be built for the base image's CUDA.
 
 The install downloads onnxruntime-gpu (about 250 MB) and the other wheels; about 40 s
 on the development machine.
@@ -27,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import http.server
+import importlib.metadata
 import json
 import mmap
 import os
@@ -36,6 +43,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import tomllib
@@ -49,8 +57,12 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile.cuda"
 INSTALL_SCRIPT = "docker/install.sh"
 BASE_IMAGE = re.compile(
-    r"^nvidia/cuda:(?P<cuda>\d+)\.\d+\.\d+-cudnn(?P<cudnn>\d*)-runtime-ubuntu\d+\.\d+$"
+    r"^nvidia/cuda:(?P<cuda>\d+)\.(?P<minor>\d+)\.\d+-cudnn(?P<cudnn>\d*)-runtime"
+    r"-ubuntu\d+\.\d+$"
 )
+CONSTRAINTS = REPO / "docker" / "constraints-cuda12.txt"
+IMAGE_PYTHON = "3.12"
+"""Ubuntu 24.04's python3, the image's interpreter."""
 
 
 @dataclass(frozen=True)
@@ -165,10 +177,16 @@ def install_line(builder: Stage) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cuda_major(stages: list[Stage]) -> int:
+def cuda_version(stages: list[Stage]) -> tuple[int, int]:
+    """The base image's CUDA (major, minor)."""
     match = BASE_IMAGE.match(stages[-1].image)
     assert match, stages[-1].image
-    return int(match["cuda"])
+    return int(match["cuda"]), int(match["minor"])
+
+
+@pytest.fixture(scope="module")
+def cuda_major(cuda_version: tuple[int, int]) -> int:
+    return cuda_version[0]
 
 
 # --- hadolint -----------------------------------------------------------------------
@@ -371,6 +389,21 @@ def replay_copy(instruction: Instruction, root: Path) -> None:
             shutil.copy2(path, into)
 
 
+def torch_line(lines: list[str]) -> str:
+    (line,) = [x for x in lines if re.match(r"torch\s*[<>=!~]", x)]
+    return line
+
+
+def cpu_torch_constraints(path: Path) -> Path:
+    """The image's constraints with its torch line pinned to the torch running these tests
+    (the CPU build, from this machine's wheels), so the install pulls no CUDA torch."""
+    lines = CONSTRAINTS.read_text().splitlines()
+    line = torch_line(lines)
+    pinned = f"torch=={importlib.metadata.version('torch')}"
+    path.write_text("\n".join(pinned if x == line else x for x in lines) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def venv(builder: Stage, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("image-root")
@@ -384,6 +417,7 @@ def venv(builder: Stage, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PYTHON"] = sys.executable
+    env["CONSTRAINTS"] = str(cpu_torch_constraints(root / "ci-constraints.txt"))
     result = subprocess.run(
         [on_host(script), on_host(venv_dir), on_host(src_dir)],
         env=env,
@@ -479,13 +513,17 @@ def test_pip_check_only_misses_the_cpu_onnxruntime(venv: Path) -> None:
 
 def test_server_imports_and_cli_runs(venv: Path) -> None:
     code = """
-        import ctranslate2, faster_whisper, hibari, piper
-        import models.registry, server.app
+        import ctranslate2, faster_whisper, hibari, piper, torch, transformers
+        import models.registry, models.whisper_torch, server.app
         print(server.app.__file__)
+        print(torch.__version__)
     """
     result = in_venv(venv, "-c", textwrap.dedent(code))
     assert result.returncode == 0, result.stderr
-    assert Path(result.stdout.strip()).is_relative_to(venv)  # installed, not the checkout
+    where, torch_version = result.stdout.split()
+    assert Path(where).is_relative_to(venv)  # installed, not the checkout
+    # The CPU torch put in place of the image's (CONSTRAINTS): no CUDA torch was fetched.
+    assert torch_version == importlib.metadata.version("torch")
     cli = subprocess.run(
         [str(venv / "bin" / "voxserve"), "--help"],
         cwd=venv,
@@ -539,6 +577,74 @@ def test_native_libraries_match_the_base_image_cuda(venv: Path, cuda_major: int)
     (ct2,) = (packages / "ctranslate2.libs").glob("libctranslate2*.so*")
     loaded = set(re.findall(rb"libcublas\.so\.(\d+)", ct2.read_bytes()))
     assert loaded == {str(cuda_major).encode()}, loaded
+
+
+def test_the_images_torch_is_built_for_the_base_image_cuda(cuda_version: tuple[int, int]) -> None:
+    """Resolve the constraints' torch line as the image's pip would (CPython 3.12, manylinux,
+    PyPI), from the wheel's metadata alone: its CUDA wheels must be the base image's major,
+    no newer than its minor (the driver the image asks for), and cuDNN 9."""
+    major, minor = cuda_version
+    requirement = next(
+        r
+        for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+            "optional-dependencies"
+        ]["torch"]
+        if re.match(r"torch\b", r)
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PIP_") or k in ("PIP_CERT", "PIP_DEFAULT_TIMEOUT")
+    }
+    env["PIP_CONFIG_FILE"] = os.devnull  # PyPI alone: no local wheels, index or caps
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report.json"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--no-deps",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--report",
+                str(report),
+                "--target",
+                str(Path(scratch) / "never-written"),
+                "--python-version",
+                IMAGE_PYTHON,
+                "--implementation",
+                "cp",
+                "--platform",
+                "manylinux_2_28_x86_64",
+                "--only-binary=:all:",
+                "--constraint",
+                str(CONSTRAINTS),
+                requirement,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        (install,) = json.loads(report.read_text())["install"]
+    metadata = install["metadata"]
+    assert metadata["name"] == "torch"
+    requires = [r.replace(" ", "") for r in metadata.get("requires_dist", [])]
+    runtime = [r for r in requires if r.startswith(f"nvidia-cuda-runtime-cu{major}==")]
+    assert runtime, f"torch {metadata['version']} has no CUDA {major} runtime: {requires}"
+    built = re.match(rf"nvidia-cuda-runtime-cu{major}==(\d+)\.(\d+)", runtime[0])
+    assert built and int(built[1]) == major and int(built[2]) <= minor, runtime
+    assert any(r.startswith(f"nvidia-cudnn-cu{major}==9.") for r in requires), requires
+    foreign = [
+        r
+        for r in requires
+        if r.startswith("cuda-toolkit") or re.match(rf"nvidia-[\w-]+-cu(?!{major}\b)\d+", r)
+    ]
+    assert foreign == [], f"torch {metadata['version']} brings another CUDA: {foreign}"
 
 
 # What the runtime stage provides besides the venv: glibc, libstdc++, libgcc and zlib

@@ -717,3 +717,89 @@ def test_notes(helm_bin: Path, tmp_path: Path) -> None:
     assert "Preset gpu, device cuda, 1 GPU(s) per pod." in notes
     assert "no API keys" not in notes
     assert "several pods share a ReadWriteOnce model cache claim" in notes
+
+
+# --- the GPU catalog: the torch engine's rows and what they cost ------------------------
+
+
+def kv_cache_gb(decoder_layers: int, rows: int, d_model: int = 1280) -> tuple[float, float]:
+    """GB of float16 KV cache the torch engine reserves for ``rows``: self-attention over
+    Whisper's 448 text positions, cross-attention over the 1500 audio frames (one scratch
+    row more, for the encoder's padding)."""
+    self_attention = 2 * decoder_layers * rows * 448 * d_model * 2
+    cross_attention = 2 * decoder_layers * (rows + 1) * 1500 * d_model * 2
+    return round(self_attention / 1e9, 1), round(cross_attention / 1e9, 1)
+
+
+def test_gpu_values_write_out_the_gpu_preset(gpu_docs: list[Manifest], tmp_path: Path) -> None:
+    """ci/gpu-values.yaml spells out the preset's whisper-1 with its knobs; the server reads
+    it as the very entry the preset would load."""
+    from server.catalog import PRESETS
+    from server.settings import load_settings
+
+    config = tmp_path / "config.json"
+    config.write_text(one(gpu_docs, "ConfigMap")["data"]["config.json"])
+    env = {k: v for k, v in env_of(server(gpu_docs)).items() if isinstance(v, str)}
+    env["VOXSERVE_CONFIG"] = str(config)
+    settings = load_settings(env=env)
+    assert settings.preset == "gpu"
+    assert settings.models == PRESETS["gpu"][0]
+    (whisper,) = settings.models
+    assert (whisper.engine, whisper.batching, whisper.compute_type) == (
+        "torch",
+        "continuous",
+        "float16",
+    )
+    assert settings.scheduler_config(whisper).max_batch_size == 64
+    assert settings.speech_config().max_batch_size == 16
+
+
+def test_gpu_memory_of_the_rows_is_documented_for_the_rows_set() -> None:
+    """The figures in the values files follow from the formula at the rows the GPU values set,
+    and large-v3-turbo's fit an 80 GB card many times over (large-v3's too)."""
+    (entry,) = load_values(GPU_VALUES)["config"]["models"]
+    rows = entry["max_batch_size"]
+    turbo, large = kv_cache_gb(4, rows), kv_cache_gb(32, rows)
+    assert (rows, turbo, large) == (64, (0.6, 2.0), (4.7, 16.0))
+    for path in (GPU_VALUES, CHART / "values.yaml"):
+        text = " ".join(path.read_text().split())
+        for figures in (turbo, large):
+            assert f"{rows} rows: {figures[0]} GB + {figures[1]} GB" in text, path
+    assert sum(large) + 3.1 < 80 / 2  # weights and caches in under half the card
+
+
+def catalog_entry_schema() -> dict[str, Any]:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    entry: dict[str, Any] = schema["properties"]["config"]["properties"]["models"]["items"]
+    return entry
+
+
+def test_the_schema_knows_every_catalog_knob_as_the_server_does() -> None:
+    import msgspec
+
+    from server.catalog import CatalogModel
+
+    entry = catalog_entry_schema()
+    server_schema = msgspec.json.schema(CatalogModel)["$defs"]["CatalogModel"]["properties"]
+    assert set(entry["properties"]) == set(server_schema)
+    for name, rule in server_schema.items():
+        enums = [set(alt["enum"]) for alt in rule.get("anyOf", [rule]) if "enum" in alt]
+        if enums:
+            nullable = any(alt.get("type") == "null" for alt in rule.get("anyOf", []))
+            assert set(entry["properties"][name]["enum"]) == enums[0] | (
+                {None} if nullable else set()
+            )
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ("config.models[0].engine=tensorrt", "config.models.0.engine"),
+        ("config.models[0].max_batch_size=0", "config.models.0.max_batch_size"),
+        ("config.models[0].max_batchsize=64", "property max_batchsize is not allowed"),
+        ("config.models[0].batching=dynamic", "config.models.0.batching"),
+    ],
+)
+def test_the_schema_refuses_a_bad_catalog_knob(helm_bin: Path, setting: str, fragment: str) -> None:
+    error = render_error(helm_bin, "-f", str(GPU_VALUES), "--set", setting)
+    assert fragment in error

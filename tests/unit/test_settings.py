@@ -134,3 +134,35 @@ def test_a_voice_catalog_from_a_config_file(tmp_path: Path) -> None:
 def test_an_invalid_voice_catalog_says_what_is_wrong(catalog: str, fragment: str) -> None:
     with pytest.raises(SettingsError, match=fragment):
         load_settings(env={"VOXSERVE_SPEECH_MODELS": catalog})
+
+
+def test_each_preset_serves_whisper_1_on_the_engine_for_its_machine() -> None:
+    """cpu: CTranslate2 int8; gpu: the torch engine on transformers weights, float16, 64
+    rows of continuous batching, whatever the server-wide defaults say."""
+    from models.library import LIBRARY
+
+    cpu = load_settings(env={"VOXSERVE_PRESET": "cpu"})
+    (whisper,) = cpu.models
+    assert (whisper.engine, whisper.device, whisper.compute_type) == (None, "cpu", "int8")
+    assert "model.bin" in LIBRARY[whisper.weights].source.files  # CTranslate2 weights
+    env = {
+        "VOXSERVE_PRESET": "gpu",
+        "VOXSERVE_MAX_BATCH_SIZE": "4",
+        "VOXSERVE_COMPUTE_TYPE": "int8",
+    }
+    gpu = load_settings(env=env)
+    (whisper,) = gpu.models
+    source = LIBRARY[whisper.weights].source
+    assert source.repo == "openai/whisper-large-v3-turbo"
+    assert "model.safetensors" in source.files and "model.bin" not in source.files
+    spec = gpu.model_spec(whisper)
+    assert (spec.engine, spec.device, spec.compute_type, spec.batching) == (
+        "torch",
+        "cuda",
+        "float16",
+        "continuous",
+    )
+    assert gpu.scheduler_config(whisper).max_batch_size == 64  # the running batch's rows
+    assert gpu.speech_config().max_batch_size == 4  # the server-wide knob still applies there
+    embedded = load_settings(env={})
+    assert [(m.weights, m.engine) for m in embedded.models] == [("embedded:tiny.en", None)]
