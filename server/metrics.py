@@ -70,7 +70,8 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "voxserve_batch_size",
-            "Items per model call, as the scheduler formed them.",
+            "Items per model call, as the scheduler formed them; for a step engine "
+            "(continuous batching), the rows running in one trip to the worker.",
             ["model"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
@@ -83,7 +84,8 @@ class Metrics:
         )
         self.inference = Histogram(
             "voxserve_inference_seconds",
-            "Time one batch spent in the model.",
+            "Time one batch spent in the model (for a step engine: one trip to the "
+            "worker, admissions and the steps until a row finished).",
             ["model"],
             registry=self.registry,
         )
