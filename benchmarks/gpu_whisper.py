@@ -67,29 +67,20 @@ from models.ct2_convert import convert_whisper
 from models.whisper_tokenizer import WhisperTokenizer
 from models.whisper_torch import WhisperTorchEngine, resolve_dtype
 
+LARGE_V3: dict[str, Any] = {
+    "d_model": 1280,
+    "encoder_layers": 32,
+    "decoder_layers": 32,
+    "encoder_attention_heads": 20,
+    "decoder_attention_heads": 20,
+    "encoder_ffn_dim": 5120,
+    "decoder_ffn_dim": 5120,
+    "num_mel_bins": 128,
+    "vocab_size": 51866,
+}
 SHAPES: dict[str, dict[str, Any]] = {
-    "large-v3": {
-        "d_model": 1280,
-        "encoder_layers": 32,
-        "decoder_layers": 32,
-        "encoder_attention_heads": 20,
-        "decoder_attention_heads": 20,
-        "encoder_ffn_dim": 5120,
-        "decoder_ffn_dim": 5120,
-        "num_mel_bins": 128,
-        "vocab_size": 51866,
-    },
-    "large-v3-turbo": {
-        "d_model": 1280,
-        "encoder_layers": 32,
-        "decoder_layers": 4,
-        "encoder_attention_heads": 20,
-        "decoder_attention_heads": 20,
-        "encoder_ffn_dim": 5120,
-        "decoder_ffn_dim": 5120,
-        "num_mel_bins": 128,
-        "vocab_size": 51866,
-    },
+    "large-v3": LARGE_V3,
+    "large-v3-turbo": {**LARGE_V3, "decoder_layers": 4},
     "tiny": {
         "d_model": 64,
         "encoder_layers": 2,
