@@ -124,8 +124,8 @@ def join_text(segments: Sequence[Segment]) -> str:
     return " ".join(s.text.strip() for s in segments if s.text.strip())
 
 
-class SpeechToTextBackend(Protocol):
-    """A speech-to-text model that transcribes a batch of windows in one call."""
+class SpeechToTextModel(Protocol):
+    """What the transcription service asks of any speech-to-text engine, whole-batch or step."""
 
     window_seconds: float
     """The longest item the backend takes, in seconds."""
@@ -134,6 +134,10 @@ class SpeechToTextBackend(Protocol):
     def multilingual(self) -> bool:
         """Whether the model knows languages other than English."""
         ...
+
+
+class SpeechToTextBackend(SpeechToTextModel, Protocol):
+    """A speech-to-text model that transcribes a batch of windows in one call."""
 
     def load(self) -> None:
         """Load the weights. Called once, before any batch, in the worker thread."""
@@ -146,15 +150,6 @@ class SpeechToTextBackend(Protocol):
     def transcribe_batch(self, items: Sequence[TranscriptionItem]) -> list[WindowTranscript]:
         """Transcribe every item, returning one result per item in the same order."""
         ...
-
-
-class SpeechToTextModel(Protocol):
-    """What the transcription service asks of any speech-to-text engine, whole-batch or step."""
-
-    window_seconds: float
-
-    @property
-    def multilingual(self) -> bool: ...
 
 
 # -- the step contract (continuous batching) -------------------------------------------

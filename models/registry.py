@@ -206,6 +206,11 @@ def weights_format(path: Path) -> WeightsFormat:
     )
 
 
+def default_engine(found: WeightsFormat) -> Literal["ctranslate2", "torch"]:
+    """The engine weights of a format run on unless their entry names another."""
+    return "torch" if found == "transformers" else "ctranslate2"
+
+
 def cache_path(cache_dir: str | None) -> Path:
     """The model cache directory, ``~`` expanded."""
     return Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
@@ -233,7 +238,7 @@ def build_engine(
     """
     path = Path(resolve_weights(spec.weights, cache_dir))
     found = weights_format(path)
-    engine = spec.engine or ("torch" if found == "transformers" else "ctranslate2")
+    engine = spec.engine or default_engine(found)
     if engine == "ctranslate2":
         if found != "ctranslate2":
             raise ModelLoadError(

@@ -44,6 +44,7 @@ from models.whisper_decoding import (
     decode_window,
     prompt_tail,
 )
+from models.whisper_tokenizer import WhisperTokenizer
 
 
 class WhisperCT2Backend:
@@ -84,7 +85,8 @@ class WhisperCT2Backend:
             cpu_threads=self.cpu_threads,
             num_workers=1,
         )
-        self._suppress = _suppressed_tokens(self._tokenizer("transcribe", "en"))
+        english = WhisperTokenizer(self.model.hf_tokenizer, multilingual=self.multilingual)
+        self._suppress = list(english.suppressed)
 
     @property
     def model(self) -> WhisperModel:
@@ -246,19 +248,6 @@ class WhisperCT2Backend:
         )
         prompt: list[int] = self.model.get_prompt(tokenizer, previous, without_timestamps=False)
         return prompt
-
-
-def _suppressed_tokens(tokenizer: Tokenizer) -> list[int]:
-    """Whisper's default ``suppress_tokens=[-1]``: non-speech symbols and task tokens."""
-    special = [
-        tokenizer.transcribe,
-        tokenizer.translate,
-        tokenizer.sot,
-        tokenizer.sot_prev,
-        tokenizer.sot_lm,
-        tokenizer.no_speech,
-    ]
-    return sorted(set(tokenizer.non_speech_tokens) | set(special))
 
 
 def _read_result(

@@ -19,9 +19,9 @@ import numpy.typing as npt
 import torch
 
 from models.base import SAMPLE_RATE
+from models.whisper_decoding import HOP_LENGTH
 
 N_FFT = 400
-HOP_LENGTH = 160
 N_FRAMES = 3000
 """Mel frames in one 30-second window, the encoder's fixed input."""
 

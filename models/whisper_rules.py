@@ -26,6 +26,7 @@ distribution before temperature, as openai-whisper and CTranslate2 score them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 import torch
@@ -120,9 +121,9 @@ class DecodingRules:
         self.only_end[self.eot] = 0.0
 
     @staticmethod
-    def _bias(vocab: int, device: torch.device, tokens: object) -> torch.Tensor:
+    def _bias(vocab: int, device: torch.device, tokens: Iterable[int]) -> torch.Tensor:
         bias = torch.zeros(vocab, device=device)
-        bias[torch.tensor(list(tokens), dtype=torch.long, device=device)] = NEG_INF  # type: ignore[call-overload]
+        bias[torch.tensor(list(tokens), dtype=torch.long, device=device)] = NEG_INF
         return bias
 
     def apply(self, logits: torch.Tensor, last: torch.Tensor, rows: RowState) -> torch.Tensor:

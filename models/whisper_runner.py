@@ -9,8 +9,9 @@ that the caches can be laid out for continuous batching:
 - ``self_k`` / ``self_v``: ``(layers, rows, heads, 448, head_dim)``, every row's
   self-attention keys and values, preallocated for Whisper's whole context, so a
   step allocates nothing;
-- ``cross_k`` / ``cross_v``: ``(layers, rows, heads, 1500, head_dim)``, every row's
-  projection of its encoder output, written once when the row is admitted.
+- ``cross_k`` / ``cross_v``: ``(layers, rows + 1, heads, 1500, head_dim)``, every
+  row's projection of its encoder output, written once when the row is admitted
+  (the extra row takes the padding of a graphed admission).
 
 A row is an index into these. Three passes use them:
 
@@ -40,8 +41,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-MAX_LENGTH = 448
-"""Whisper's decoder context, in tokens."""
+from models.whisper_decoding import MAX_LENGTH
+
 ENCODER_BUCKETS = (1, 2, 4, 8)
 """Windows per encoder graph; larger admissions run in chunks of the largest."""
 
@@ -71,7 +72,6 @@ class DecoderRunner:
         self.width = int(config.d_model)
         self.head_dim = self.width // self.heads
         self.frames = int(config.max_source_positions)
-        self.vocab = int(config.vocab_size)
         self.embed_scale = float(getattr(decoder, "embed_scale", 1.0))
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype

@@ -41,7 +41,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +65,6 @@ from models.whisper_tokenizer import WhisperTokenizer
 
 logger = logging.getLogger("voxserve.whisper_torch")
 
-DType = Literal["auto", "float32", "float16", "bfloat16"]
 LengthLimits = Callable[[TranscriptionItem], tuple[int, int] | None]
 """For synthetic benchmarks: ``(min, max)`` tokens for an item (end of text suppressed
 below ``min`` and forced at ``max``), or ``None`` to decode normally."""

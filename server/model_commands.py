@@ -19,7 +19,7 @@ import msgspec
 
 from models.hub import HubError, HubSource, locate, pull
 from models.library import LIBRARY, hub_source
-from models.registry import ModelLoadError, cache_path, weights_format
+from models.registry import ModelLoadError, cache_path, default_engine, weights_format
 from server.catalog import PRESETS, CatalogModel, SpeechModel
 from server.settings import Settings
 
@@ -99,8 +99,7 @@ def _format_note(path: Path) -> str:
         found = weights_format(path)
     except ModelLoadError:  # Kokoro's files, not a Whisper directory
         return ""
-    engine = "torch" if found == "transformers" else "ctranslate2"
-    return f" ({found} weights: engine {engine} by default)"
+    return f" ({found} weights: engine {default_engine(found)} by default)"
 
 
 def list_command(settings: Settings, *, as_json: bool, out: TextIO = sys.stdout) -> int:

@@ -14,12 +14,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 from server.errors import NotReady
 from server.scheduler.queue import (
     BatchObserver,
     Entry,
-    Failure,
     ItemT,
     ModelScheduler,
     ResultT,
@@ -27,6 +27,13 @@ from server.scheduler.queue import (
 from server.settings import SchedulerConfig
 
 logger = logging.getLogger("voxserve.scheduler")
+
+
+@dataclass(slots=True, frozen=True)
+class Failure:
+    """An item's own error, in place of its result."""
+
+    error: BaseException
 
 
 class BatchScheduler(ModelScheduler[ItemT, ResultT]):

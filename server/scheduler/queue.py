@@ -12,7 +12,6 @@ queue with :meth:`ModelScheduler._take`, in arrival order.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -24,8 +23,6 @@ from typing import Generic, Protocol, TypeVar
 
 from server.errors import NotReady, Overloaded
 from server.settings import SchedulerConfig
-
-logger = logging.getLogger("voxserve.scheduler")
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -66,11 +63,6 @@ class Entry(Generic[ItemT, ResultT]):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-
-
-@dataclass(slots=True, frozen=True)
-class Failure:
-    error: BaseException
 
 
 class ModelScheduler(Generic[ItemT, ResultT]):

@@ -149,7 +149,7 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
             self._admission_deadline(),
         )
         for row in gone:
-            self._free_row(row)
+            self._free_row(row, measured=False)
         for row, outcome in outcomes:
             entry = self._free_row(row)
             if entry is None or entry.future.done():
@@ -178,13 +178,15 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
                 break
         return outcomes, rows
 
-    def _free_row(self, row: int) -> Entry[ItemT, ResultT] | None:
+    def _free_row(self, row: int, *, measured: bool = True) -> Entry[ItemT, ResultT] | None:
+        """Give ``row`` back; ``measured``: its item's time counts for Retry-After (not
+        for an item whose client went away)."""
         entry = self._running.pop(row, None)
         started = self._started.pop(row, None)
         if entry is None:
             return None
         heapq.heappush(self._free, row)
-        if started is not None:
+        if measured and started is not None:
             seconds = time.monotonic() - started
             average = self._item_seconds
             self._item_seconds = seconds if not average else 0.8 * average + 0.2 * seconds
@@ -193,7 +195,7 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
     async def _abandon_all(self, error: BaseException) -> None:
         rows = list(self._running)
         for row in rows:
-            entry = self._free_row(row)
+            entry = self._free_row(row, measured=False)
             if entry is not None and not entry.future.done():
                 entry.future.set_exception(NotReady("The model failed on this batch."))
         loop = asyncio.get_running_loop()

@@ -29,6 +29,8 @@ class FakeStepEngine:
     admission_batch: int = 1
     step_seconds: float = 0.0
     gate: threading.Event = field(default_factory=threading.Event)
+    parked: threading.Event = field(default_factory=threading.Event)
+    """Set while a step waits at the closed gate."""
     explode: bool = False
     table: dict[int, Running] = field(default_factory=dict)
     admitted: list[tuple[int, Item]] = field(default_factory=list)
@@ -69,7 +71,10 @@ class FakeStepEngine:
 
     def step(self) -> list[tuple[int, int | BaseException]]:
         self.threads.add(threading.get_ident())
+        if not self.gate.is_set():
+            self.parked.set()
         self.gate.wait(timeout=5)
+        self.parked.clear()
         if self.step_seconds:
             threading.Event().wait(self.step_seconds)
         if self.explode:

@@ -112,8 +112,12 @@ def test_a_cancelled_running_item_leaves_at_the_next_step_and_frees_its_row() ->
         async with started(engine) as scheduler:
             doomed = asyncio.ensure_future(scheduler.run([(100_000, 1)]))
             await until(lambda: engine.steps >= 5, "the item is decoding")
+            engine.gate.clear()  # park the worker inside a step while the client leaves
+            await until(engine.parked.is_set, "the worker is parked in a step")
             doomed.cancel()
+            await asyncio.gather(doomed, return_exceptions=True)
             cancelled_at = engine.steps
+            engine.gate.set()
             await until(lambda: engine.released == [0], "the row was released")
             released_at = engine.steps
             (result,) = await scheduler.run([(2, 7)])  # the freed row serves the next item
