@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -19,13 +20,14 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 600.0
 
 DEFAULT_SETTINGS: dict[str, Any] = {"speech_models": [], "cpu_threads": 2, "log_format": "json"}
 """Transcription only, on two CPU threads, JSON logs; ``settings`` override any of these."""
@@ -44,6 +46,7 @@ def serving(
     *,
     log_path: Path | None = None,
     env: Mapping[str, str] | None = None,
+    open_files: int | None = None,
     **settings: Any,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Run ``voxserve serve`` with ``settings`` until the block ends; yield it and its URL.
@@ -54,6 +57,8 @@ def serving(
     otherwise to a pipe, which the caller may read once the process has exited; a
     pipe is only for short runs, since a full one stops the server at its next log line.
     ``env`` adds environment variables (``MALLOC_ARENA_MAX``, ...) to the caller's.
+    ``open_files`` sets the server's ``RLIMIT_NOFILE`` (soft and hard), as a container's
+    ``ulimit -n`` would.
     """
     with ExitStack() as stack:
         if directory is None:
@@ -73,6 +78,7 @@ def serving(
             stdout=output,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=None if open_files is None else partial(_limit_open_files, open_files),
         )
         base_url = f"http://127.0.0.1:{port}"
         try:
@@ -82,6 +88,11 @@ def serving(
             if process.poll() is None:
                 process.kill()
             process.wait()
+
+
+def _limit_open_files(limit: int) -> None:
+    """In the child, before ``exec``: at most ``limit`` open files, hard limit included."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 def _wait_ready(process: subprocess.Popen[str], base_url: str, log_path: Path | None) -> None:

@@ -7,9 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import uvicorn
-
 from server.app import create_app
+from server.connections import uvicorn_config
 from server.logs import configure_logging
 from server.model_commands import list_command, pull_command
 from server.process import SHUTDOWN_GRACE_SECONDS, DrainingServer
@@ -72,8 +71,9 @@ def serve(settings: Settings) -> int:
     except SettingsError as exc:
         print(f"voxserve: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app,
+        settings,
         host=settings.host,
         port=settings.port,
         log_config=None,  # server.logs has configured logging

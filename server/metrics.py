@@ -95,6 +95,13 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.connections_closed = Counter(
+            "voxserve_connections_closed",
+            "Connections the server closed to protect itself, by reason (header_timeout, "
+            "body_timeout, send_timeout, line_too_long, headers_too_large, shed).",
+            ["reason"],
+            registry=self.registry,
+        )
 
         self.fallbacks = Counter(
             "voxserve_transcription_fallbacks",
