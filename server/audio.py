@@ -1,4 +1,4 @@
-"""Decode uploads to 16 kHz mono float32, refusing what would cost too much before paying.
+"""Decode uploads to 16 kHz mono, refusing what would cost too much before paying.
 
 Runs in a worker thread, never on the event loop. A small file can claim hours of
 audio (digital silence compresses to almost nothing), so the limits are enforced
@@ -12,7 +12,16 @@ in three steps, each cheaper than the next would be:
    refused before the costly decode and resample;
 3. the frames: decoded duration and decoded bytes are counted as frames come out
    of the decoder, so a file whose packets lie too stops at the limit. Memory is
-   the output array (64 kB per second of audio), never the whole decoded stream.
+   the output array, never the whole decoded stream.
+
+The output is 16-bit PCM (32 kB per second of audio: four hours are 460 MB), what
+faster-whisper's own ``decode_audio`` resamples to before dividing by 32768, so
+nothing is lost against the library; it is made float a window at a time.
+
+Decoding stops between packets once a cancellation token is set (the client has
+gone), and, as ffmpeg does, skips a packet the decoder calls invalid data: two
+MP3 files joined by ``cat`` carry the second one's ID3 and Xing headers in the
+middle. A file with more such packets than :func:`corrupt_allowance` is refused.
 """
 
 from __future__ import annotations
@@ -24,9 +33,14 @@ from pathlib import PurePath
 
 import av
 import numpy as np
+import numpy.typing as npt
 
 from models.base import SAMPLE_RATE, AudioArray
+from models.windowing import CancelToken, as_float, stop_if_cancelled
 from server.errors import InvalidAudio
+
+PCM16 = npt.NDArray[np.int16]
+"""Decoded audio: mono 16 kHz 16-bit samples."""
 
 SUPPORTED_EXTENSIONS: dict[str, frozenset[str]] = {
     "flac": frozenset({"flac"}),
@@ -47,6 +61,11 @@ MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 384_000
 """The highest rate studio converters use; anything above is a forged header."""
 MAX_CHANNELS = 32
+CORRUPT_GRACE = 4
+"""Corrupt packets skipped in any file: a few joins (each costs one or two packets)."""
+GOOD_PER_CORRUPT = 10
+"""Beyond the grace, one more skipped packet per this many good ones. A file that is
+mostly garbage (random bytes resync as runs of bad packets) stays a 400."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,19 +79,38 @@ class AudioLimits:
 
 
 def decode_audio(data: bytes, limits: AudioLimits, filename: str | None = None) -> AudioArray:
-    """Every audio sample in ``data``, mono at 16 kHz, or :class:`InvalidAudio`."""
+    """Every audio sample in ``data``, mono float32 at 16 kHz, or :class:`InvalidAudio`."""
+    return as_float(decode_pcm16(data, limits, filename))
+
+
+def decode_pcm16(
+    data: bytes,
+    limits: AudioLimits,
+    filename: str | None = None,
+    *,
+    cancel: CancelToken | None = None,
+) -> PCM16:
+    """Every audio sample in ``data``, mono 16-bit at 16 kHz, or :class:`InvalidAudio`.
+
+    Half the memory of float; ``cancel`` stops it (``Abandoned``) between packets.
+    """
     if not data:
         raise InvalidAudio("The uploaded file is empty (0 bytes).")
     allowed = _allowed_containers(filename)
     try:
-        seconds = _check_container(data, allowed, limits)
-        return _decode(data, limits, seconds)
+        seconds = _check_container(data, allowed, limits, cancel)
+        return _decode(data, limits, seconds, cancel)
     except InvalidAudio:
         raise
     except (av.error.FFmpegError, ValueError, IndexError, OverflowError) as exc:
         raise InvalidAudio(
             f"The uploaded file could not be decoded as audio; supported formats: {SUPPORTED_LIST}."
         ) from exc
+
+
+def corrupt_allowance(good_packets: int) -> int:
+    """How many corrupt packets a file with ``good_packets`` decodable ones may skip."""
+    return CORRUPT_GRACE + good_packets // GOOD_PER_CORRUPT
 
 
 def _allowed_containers(filename: str | None) -> frozenset[str]:
@@ -86,7 +124,9 @@ def _allowed_containers(filename: str | None) -> frozenset[str]:
     return SUPPORTED_EXTENSIONS[suffix]
 
 
-def _check_container(data: bytes, allowed: frozenset[str], limits: AudioLimits) -> float:
+def _check_container(
+    data: bytes, allowed: frozenset[str], limits: AudioLimits, cancel: CancelToken | None
+) -> float:
     """Header and packet checks; returns the audio's duration by its packets (0 if unknown)."""
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
         names = set(container.format.name.split(","))
@@ -105,10 +145,11 @@ def _check_container(data: bytes, allowed: frozenset[str], limits: AudioLimits) 
                 f"{SUPPORTED_LIST}."
             )
         _check_shape(stream.codec_context.sample_rate, stream.codec_context.channels)
-        declared = (container.duration or 0) / av.time_base
-        _check_seconds(declared, limits, "declares")
+        _check_seconds(_declared_seconds(container, stream), limits, "declares")
         seconds = Fraction(0)
-        for packet in container.demux(stream):
+        for count, packet in enumerate(container.demux(stream)):
+            if count % 256 == 0:
+                stop_if_cancelled(cancel)
             if packet.duration and packet.time_base:
                 seconds += packet.duration * packet.time_base
                 if seconds > limits.max_seconds:
@@ -116,31 +157,62 @@ def _check_container(data: bytes, allowed: frozenset[str], limits: AudioLimits) 
         return float(seconds)
 
 
-def _decode(data: bytes, limits: AudioLimits, expected_seconds: float) -> AudioArray:
+def _declared_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float:
+    """The audio stream's declared length; the container's only when it holds nothing else.
+
+    A video's container declares the video's length: ten hours of video with three
+    seconds of sound is three seconds of audio to decode.
+    """
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if len(container.streams) == 1:
+        return (container.duration or 0) / av.time_base
+    return 0.0  # the packets are counted next
+
+
+def _decode(
+    data: bytes, limits: AudioLimits, expected_seconds: float, cancel: CancelToken | None
+) -> PCM16:
     max_samples = int(limits.max_seconds * SAMPLE_RATE)
     expected = int(expected_seconds * SAMPLE_RATE) + SAMPLE_RATE
     out = _Samples(min(max_samples, expected), limit=max_samples + SAMPLE_RATE)
     native_seconds = 0.0
     decoded_bytes = 0
+    good = corrupt = 0
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        for frame in container.decode(audio=0):
-            channels = len(frame.layout.channels)
-            _check_shape(frame.sample_rate, channels)
-            native_seconds += frame.samples / frame.sample_rate
-            decoded_bytes += frame.samples * channels * frame.format.bytes
-            _check_seconds(native_seconds, limits, "decodes to more than")
-            if decoded_bytes > limits.max_decoded_bytes:
-                raise InvalidAudio(
-                    f"The audio decodes to more than the {limits.max_decoded_bytes} bytes "
-                    "this server accepts."
-                )
-            if frame.layout.channels[0].name == "NONE":  # no layout ffmpeg can downmix
-                frame = _downmix(frame)
-            for resampled in resampler.resample(frame):
-                out.append(resampled.to_ndarray().reshape(-1))
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        for packet in container.demux(stream):
+            stop_if_cancelled(cancel)
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                corrupt += 1  # ffmpeg's own tools skip it, and so do we, up to a bound
+                continue
+            if packet.size:  # not the empty packet that flushes the decoder
+                good += 1
+            for frame in frames:
+                channels = len(frame.layout.channels)
+                _check_shape(frame.sample_rate, channels)
+                native_seconds += frame.samples / frame.sample_rate
+                decoded_bytes += frame.samples * channels * frame.format.bytes
+                _check_seconds(native_seconds, limits, "decodes to more than")
+                if decoded_bytes > limits.max_decoded_bytes:
+                    raise InvalidAudio(
+                        f"The audio decodes to more than the {limits.max_decoded_bytes} bytes "
+                        "this server accepts."
+                    )
+                if frame.layout.channels[0].name == "NONE":  # no layout ffmpeg can downmix
+                    frame = _downmix(frame)
+                for resampled in resampler.resample(frame):
+                    out.append(resampled.to_ndarray().reshape(-1))
         for resampled in resampler.resample(None):
             out.append(resampled.to_ndarray().reshape(-1))
+    if corrupt > corrupt_allowance(good):
+        raise InvalidAudio(
+            f"The uploaded file is damaged: {corrupt} of its {good + corrupt} audio packets "
+            f"could not be decoded. Supported formats: {SUPPORTED_LIST}."
+        )
     if not len(out):
         raise InvalidAudio("The uploaded file contains no audio samples.")
     return out.array()[:max_samples]
@@ -188,10 +260,10 @@ def _check_seconds(seconds: float, limits: AudioLimits, verb: str) -> None:
 
 
 class _Samples:
-    """A float32 buffer that grows by doubling: one copy at the end, not a list of chunks."""
+    """An int16 buffer that grows by doubling: one copy at the end, not a list of chunks."""
 
     def __init__(self, capacity: int, *, limit: int) -> None:
-        self._buffer = np.empty(max(capacity, SAMPLE_RATE), dtype=np.float32)
+        self._buffer = np.empty(max(capacity, SAMPLE_RATE), dtype=np.int16)
         self._size = 0
         self._limit = limit
         """Growth stops here: the caller refuses audio longer than this."""
@@ -202,13 +274,13 @@ class _Samples:
     def append(self, samples: np.ndarray) -> None:
         end = self._size + len(samples)
         if end > len(self._buffer):
-            grown = np.empty(max(end, min(2 * len(self._buffer), self._limit)), np.float32)
+            grown = np.empty(max(end, min(2 * len(self._buffer), self._limit)), np.int16)
             grown[: self._size] = self._buffer[: self._size]
             self._buffer = grown
         self._buffer[self._size : end] = samples
         self._size = end
 
-    def array(self) -> AudioArray:
+    def array(self) -> PCM16:
         """The samples; a view when little is spare (the usual case: packets told the size)."""
         spare = len(self._buffer) - self._size
         view = self._buffer[: self._size]

@@ -13,6 +13,17 @@ joins whatever batch forms at that temperature and never holds back the batch it
 came from. When every temperature fails, Whisper's rule picks the best try; one
 that still looks like a loop while the model says there is probably no speech is
 dropped (the repetition guard), since that is how Whisper hallucinates on noise.
+
+A client that hangs up while its file is decoded cancels the request's task, but
+not the thread: Python cannot stop a thread. ``anyio.to_thread.run_sync`` shields
+the thread from anyio's own cancel scopes only; the ``Task.cancel()`` the
+disconnect middleware uses cancels the future it awaits, so the ``async with
+limiter`` around it gave the decode slot back at once while the thread decoded
+and ran the VAD on, for minutes, uncounted. Here the thread runs in a task of its
+own that holds the slot until the thread returns, and the request's cancellation
+sets a token the thread checks between packets and VAD blocks (it then stops in
+well under a second); the request waits for that before it unwinds, so neither
+the decode gauge nor the requests in flight ever miss work still running.
 """
 
 from __future__ import annotations
@@ -20,7 +31,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import threading
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +43,6 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from models.base import (
     SAMPLE_RATE,
-    AudioArray,
     DecodingOptions,
     Segment,
     SpeechToTextModel,
@@ -40,8 +53,8 @@ from models.base import (
     Word,
     join_text,
 )
-from models.windowing import VadSettings, Window, plan_windows
-from server.audio import AudioLimits, decode_audio
+from models.windowing import VadSettings, Window, as_float, plan_windows
+from server.audio import PCM16, AudioLimits, decode_pcm16
 from server.errors import InvalidRequest
 from server.scheduler import ModelScheduler, Ticket
 
@@ -50,6 +63,10 @@ TEMPERATURE_LADDER = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
 NO_SPEECH_THRESHOLD = 0.6
+WINDOWS_AHEAD = 16
+"""Windows of one request queued at once, at least (twice the model's batch size when
+that is more). Each is made float32 when queued (1.9 MB for 30 s), so four hours
+queued at once would double the decoded audio's memory; 16 cost 31 MB."""
 
 
 class TranscriptionObserver(Protocol):
@@ -75,7 +92,8 @@ class TranscriptionJob:
 class PreparedAudio:
     """A decoded upload and the windows of it that hold speech."""
 
-    audio: AudioArray
+    audio: PCM16
+    """16-bit, half the memory of float; each window is made float when it is queued."""
     windows: list[Window]
 
     @property
@@ -159,17 +177,41 @@ class TranscriptionService:
         """Decode and find the speech, in a worker thread: every 400 about the file is here.
 
         At most ``decodes`` uploads are decoded at once; the rest wait here, holding
-        their queue place but no decoder memory.
+        their queue place but no decoder memory. Cancelled, this stops the thread
+        (between packets or VAD blocks) and returns only once it has, slot and all.
         """
-        return await anyio.to_thread.run_sync(
-            self._prepare, upload, filename, chunking, limiter=self.decodes
-        )
+        cancel = threading.Event()
+        started = False
+
+        async def in_thread() -> PreparedAudio:
+            nonlocal started
+            slot: AbstractAsyncContextManager[object] = self.decodes or nullcontext()
+            async with slot:
+                started = True  # from here on this task must not be cancelled
+                return await anyio.to_thread.run_sync(
+                    self._prepare, upload, filename, chunking, cancel
+                )
+
+        work = asyncio.ensure_future(in_thread())
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            if not started:
+                work.cancel()  # still waiting for a slot: withdraw from the line
+            await _outlast(work)
+            raise
 
     def _prepare(
-        self, upload: bytes, filename: str | None, chunking: VadSettings | None
+        self,
+        upload: bytes,
+        filename: str | None,
+        chunking: VadSettings | None,
+        cancel: threading.Event,
     ) -> PreparedAudio:
-        audio = decode_audio(upload, self.limits, filename)
-        return PreparedAudio(audio, plan_windows(audio, self.backend.window_seconds, chunking))
+        audio = decode_pcm16(upload, self.limits, filename, cancel=cancel)
+        windows = plan_windows(audio, self.backend.window_seconds, chunking, cancel=cancel)
+        return PreparedAudio(audio, windows)
 
     async def transcribe(
         self, prepared: PreparedAudio, job: TranscriptionJob, ticket: Ticket | None = None
@@ -191,17 +233,30 @@ class TranscriptionService:
     ) -> AsyncIterator[WindowTranscript]:
         """Every window's result in file order, each as soon as it and those before are done.
 
-        All windows are queued at once (they batch with each other and with other
-        requests); leaving early, or failing, withdraws the ones not yet computed.
-        ``ticket`` is the request's place in the queue (``scheduler.admit()``).
+        Up to :data:`WINDOWS_AHEAD` windows are queued at once (they batch with each
+        other and with other requests), the next as each result is taken; leaving
+        early, or failing, withdraws the ones not yet computed. ``ticket`` is the
+        request's place in the queue (``scheduler.admit()``).
         """
-        tasks = [
-            asyncio.ensure_future(self._transcribe_window(prepared.audio, window, job, ticket))
-            for window in prepared.windows
-        ]
+        upcoming = iter(prepared.windows)
+        ahead = max(WINDOWS_AHEAD, 2 * self.scheduler.config.max_batch_size)
+        tasks: deque[asyncio.Future[WindowTranscript]] = deque()
+
+        def queue_more() -> None:
+            while len(tasks) < ahead:
+                window = next(upcoming, None)
+                if window is None:
+                    return
+                work = self._transcribe_window(prepared.audio, window, job, ticket)
+                tasks.append(asyncio.ensure_future(work))
+
         try:
-            for task in tasks:
-                yield await task
+            queue_more()
+            while tasks:
+                result = await tasks[0]
+                tasks.popleft()
+                queue_more()
+                yield result
         finally:
             for task in tasks:
                 task.cancel()
@@ -209,7 +264,7 @@ class TranscriptionService:
             self.observer.transcribed(self.model_id, prepared.duration)
 
     async def _transcribe_window(
-        self, audio: AudioArray, window: Window, job: TranscriptionJob, ticket: Ticket | None
+        self, audio: PCM16, window: Window, job: TranscriptionJob, ticket: Ticket | None
     ) -> WindowTranscript:
         """One window, and the rest of it again each time the model asks to resume.
 
@@ -219,7 +274,8 @@ class TranscriptionService:
         passes: list[WindowTranscript] = []
         start = window.start
         while True:
-            item = TranscriptionItem(audio[start : window.end], start / SAMPLE_RATE, job.options)
+            samples = as_float(audio[start : window.end])
+            item = TranscriptionItem(samples, start / SAMPLE_RATE, job.options)
             result = await self._decode(item, job.fallback, ticket)
             passes.append(result)
             if result.resume_at is None:
@@ -247,6 +303,22 @@ class TranscriptionService:
             if self.observer and temperature != TEMPERATURE_LADDER[-1]:
                 self.observer.fallback(self.model_id)
         return best_of_failed(tries)
+
+
+async def _outlast(work: asyncio.Future[PreparedAudio]) -> None:
+    """Wait for ``work`` to end, whatever else cancels the waiter meanwhile; drop its outcome.
+
+    The wait is short (the thread checks its token often); not waiting would let the
+    request's cleanup, and the metrics it updates, run ahead of a thread still busy.
+    """
+    while not work.done():
+        try:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({work})
+        except asyncio.CancelledError:
+            continue
+    if not work.cancelled():
+        work.exception()  # retrieved: Abandoned, or whatever the file caused
 
 
 def needs_fallback(result: WindowTranscript) -> bool:
