@@ -137,7 +137,13 @@ async def send_error(
     Middleware answers rather than raises, so that the middleware around it (the
     request id, the access log, the request metrics) sees the response go out.
     """
-    all_headers = {"content-type": "application/json", **(headers or {}), **error.headers()}
+    body = msgspec.json.encode(error.envelope())
+    all_headers = {
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        **(headers or {}),
+        **error.headers(),
+    }
     await send(
         {
             "type": "http.response.start",
@@ -145,13 +151,7 @@ async def send_error(
             "headers": [(k.lower().encode(), v.encode()) for k, v in all_headers.items()],
         }
     )
-    await send(
-        {
-            "type": "http.response.body",
-            "body": msgspec.json.encode(error.envelope()),
-            "more_body": False,
-        }
-    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _from_voxserve(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -18,6 +18,7 @@ import msgspec
 from litestar import Request
 from litestar.datastructures import FormMultiDict, UploadFile
 from litestar.exceptions import ClientException
+from multipart import ParserLimitReached, PushMultipartParser  # type: ignore[import-untyped]
 
 from server.errors import InvalidRequest, PayloadTooLarge
 
@@ -31,15 +32,22 @@ MAX_MESSAGE_CHARS = 400
 MAX_PARAM_CHARS = 100
 """An unknown field's name is the param; a name longer than this is cut."""
 _TOO_MANY_PARTS = "Request Entity Too Large"
-"""Litestar's detail, with status 400, for a form over ``multipart_form_part_limit``."""
+"""Litestar's detail, with status 400, for any multipart parser limit: too many parts
+(``multipart_form_part_limit``), or one part header too long or with too many lines."""
+_PARSER = PushMultipartParser(b"-")
+_MAX_HEADER_BYTES: int = int(_PARSER.max_header_size)
+"""The parser's longest part header line and most header lines per part, at the
+defaults Litestar leaves them (4224 bytes, 8 lines)."""
+_MAX_HEADER_COUNT: int = int(_PARSER.max_header_count)
 
 
 async def read_form(request: Request[Any, Any, Any]) -> FormMultiDict:
     """The request's form, with what Litestar refuses oddly made a clear 4xx.
 
     Litestar decodes every part without a filename as UTF-8 text and lets the
-    ``UnicodeDecodeError`` out (a 500); it answers too many parts with a 400 that
-    says "Request Entity Too Large".
+    ``UnicodeDecodeError`` out (a 500); it answers too many parts, and a part
+    header too long (a 10,000-character filename), with one 400 that says
+    "Request Entity Too Large". These become 413s that say which limit it was.
     """
     try:
         return await request.form()
@@ -51,10 +59,32 @@ async def read_form(request: Request[Any, Any, Any]) -> FormMultiDict:
     except ClientException as exc:
         if exc.status_code != 400 or exc.detail != _TOO_MANY_PARTS:
             raise  # a body over the size limit is the same words with a 413: keep it
-        limit = request.app.multipart_form_part_limit
-        raise PayloadTooLarge(
-            f"The form has too many parts; this server accepts at most {limit}."
-        ) from None
+        raise _limit_reached(exc, request.app.multipart_form_part_limit) from None
+
+
+def _limit_reached(exc: ClientException, part_limit: int) -> PayloadTooLarge:
+    """Say which of the multipart parser's limits the form went over.
+
+    Litestar answers every ``ParserLimitReached`` with the same words; the parser's
+    own message survives as the exception's context (``raise ... from None`` hides
+    it from tracebacks but keeps it).
+    """
+    reason = str(exc.__context__) if isinstance(exc.__context__, ParserLimitReached) else ""
+    if "header length" in reason:
+        return PayloadTooLarge(
+            "A part header of the form (its Content-Disposition with the field name and "
+            f"filename, or another header line) is longer than the {_MAX_HEADER_BYTES} "
+            "bytes this server accepts; send a shorter filename."
+        )
+    if "header count" in reason:
+        return PayloadTooLarge(
+            f"A part of the form has more than {_MAX_HEADER_COUNT} header lines."
+        )
+    if "segment size" in reason:
+        return PayloadTooLarge("A part of the form is larger than this server accepts.")
+    return PayloadTooLarge(
+        f"The form has too many parts; this server accepts at most {part_limit}."
+    )
 
 
 def parse_form(

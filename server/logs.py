@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from contextvars import ContextVar
 from typing import Any, Literal
@@ -61,6 +62,62 @@ class JsonFormatter(logging.Formatter):
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""C0 and C1 control characters, and the Unicode line and paragraph separators."""
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``).
+
+    What a client sends ends up in log messages (a path, a header, a model name);
+    a percent-encoded line break in a path (``/v1/models/x%0Afake-line``) would
+    otherwise start a forged line, and terminal escapes would reach whoever reads
+    the log.
+    """
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match[0]
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT`, one record per line whatever its message and arguments hold.
+
+    The message (after its arguments are merged in), the logger name and the
+    request id have their control characters escaped; a traceback, the only
+    text that legitimately spans lines, is indented, so that no line of it can
+    pass for the start of a record. (JSON lines need none of this: ``json.dumps``
+    escapes control characters in every field.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.message = escape_controls(record.message)
+        safe.name = escape_controls(record.name)
+        safe.request_id = escape_controls(str(getattr(record, "request_id", "-")))
+        lines = [self.formatMessage(safe)]
+        if record.exc_info:  # formatted here, not cached: another handler's text may differ
+            lines.append(_indented(self.formatException(record.exc_info)))
+        elif record.exc_text:
+            lines.append(_indented(record.exc_text))
+        if record.stack_info:
+            lines.append(_indented(self.formatStack(record.stack_info)))
+        return "\n".join(lines)
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape_controls(line) for line in text.splitlines())
+
 
 def configure_logging(level: str, fmt: Literal["text", "json"]) -> None:
     """Route every logger, uvicorn's included, through one handler on stderr.
@@ -70,7 +127,7 @@ def configure_logging(level: str, fmt: Literal["text", "json"]) -> None:
     """
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

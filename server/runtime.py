@@ -32,6 +32,15 @@ DRAIN_RETRY_AFTER = 1.0
 """Retry-After while draining: another replica can take the request now."""
 
 
+def cut_off_error() -> NotReady:
+    """What a request still in flight at the end of a drain is answered: a retryable 503."""
+    return NotReady(
+        "The server is shutting down and could not finish this request; retry it.",
+        code="draining",
+        retry_after=DRAIN_RETRY_AFTER,
+    )
+
+
 class ModelState(enum.Enum):
     LOADING = "loading"
     READY = "ready"
@@ -52,6 +61,10 @@ class Runtime:
     """API requests (not probes) being served; a drain waits for this to reach 0."""
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     """Set whenever ``in_flight`` is 0."""
+    cut: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at the end of a drain (:meth:`cut_off`): every request still in flight whose
+    response has not started is answered 503 ``draining`` at once (the admission
+    middleware races each handler against this event)."""
     decodes: anyio.CapacityLimiter = field(init=False)
     """At most ``max_concurrent_decodes`` uploads are decoded at once, server-wide."""
     keys: KeyRing = field(init=False)
@@ -103,13 +116,12 @@ class Runtime:
             )
 
     def cut_off(self) -> int:
-        """End of a drain: fail all queued work with a retryable 503; returns the items."""
-        error = NotReady(
-            "The server is shutting down and could not finish this request; retry it.",
-            code="draining",
-            retry_after=DRAIN_RETRY_AFTER,
-        )
-        return sum(scheduler.fail_pending(error) for scheduler in self.schedulers())
+        """End of a drain: fail all queued work with a retryable 503 and set :attr:`cut`,
+        so that requests not in a queue (uploading, decoding) are answered too; returns
+        the queued items failed."""
+        items = sum(scheduler.fail_pending(cut_off_error()) for scheduler in self.schedulers())
+        self.cut.set()
+        return items
 
     # -- what routes ask for -------------------------------------------------------
 

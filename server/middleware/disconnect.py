@@ -10,6 +10,12 @@ give back its queue place.
 Once the response has started, this middleware steps aside: a streaming response
 (speech, ``stream=true``) watches for the disconnect itself and closes its
 generator, which withdraws the rest of its work the same way.
+
+A client that hangs up while its body is still arriving makes the body's reader
+fail (Litestar raises a 500 "client disconnected prematurely"). Nobody is left to
+receive that answer, and it is the client's doing, not a server fault: once the
+disconnect is seen, nothing more is sent, so the request is counted and logged
+as a 499 (``RequestContext``) and 5xx alerting stays quiet.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class CancelOnDisconnect(HttpMiddleware):
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if disconnected.is_set() and not started:
+                return  # nobody to answer: the request stays a 499, not the handler's error
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

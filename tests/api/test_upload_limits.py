@@ -100,6 +100,24 @@ def test_a_request_announcing_500_mb_is_413_before_its_body(upload_limited: Live
     assert "too large" in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("files", "fields"),
+    [
+        ({"file": ("a" * 10_000 + ".wav", b"RIFF")}, {}),  # a 10,000-character filename
+        ({"file": ("a.wav", b"RIFF")}, {"x" * 100_000: "y"}),  # a 100 KB part header
+    ],
+    ids=["filename-10k-chars", "part-header-100kb"],
+)
+def test_an_oversized_part_header_is_413_saying_so(
+    upload_limited: LiveServer, files: dict[str, tuple[str, bytes]], fields: dict[str, str]
+) -> None:
+    response = post(upload_limited, files, **fields)
+    assert_error(response, 413, None, "part header")
+    message = response.json()["error"]["message"]
+    assert "filename" in message and "4224 bytes" in message
+    assert "too many parts" not in message  # the form has two or three parts
+
+
 def test_too_long_audio_is_400_naming_the_limit() -> None:
     with LiveServer(make_settings(speech_models=(), max_audio_seconds=10)) as live:
         twenty = wav_file(tone(20.0, 16_000), 16_000)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from benchmarks.server_process import metric
+from server.logs import JsonFormatter, RequestIdFilter
 from tests.conftest import LiveServer, make_settings
+from tests.patience import patient_http, wait_for_metric, wait_until
 from tests.speech import duration_of, spoken_wav
 
 ITEMS = "voxserve_queue_wait_seconds_count"  # one observation per item computed
@@ -61,3 +68,56 @@ def test_a_request_whose_client_leaves_while_queued_is_never_computed(
         gone = {"route": "/v1/audio/transcriptions", "method": "POST", "status": "499"}
         assert metric(after, "voxserve_requests_total", **gone) == 1
         assert _transcribe(live, victim).status_code == 200  # its queue place was given back
+
+
+def _hang_up_mid_upload(live: LiveServer, path: str, content_type: str, head: bytes) -> None:
+    """Announce a 1 MB body, send ``head`` of it, wait until the server is reading it,
+    and close the connection."""
+    url = urlsplit(live.base_url)
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {content_type}\r\n"
+        "Content-Length: 1000000\r\nX-Request-ID: hung-up\r\n\r\n"
+    ).encode()
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(request + head)
+        wait_for_metric(live, "voxserve_requests_in_flight", 1)
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "head"),
+    [
+        (
+            "/v1/audio/transcriptions",
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+            + b"RIFF" * 4096,
+        ),
+        ("/v1/audio/speech", "application/json", b'{"model": "tts-1", "input": "' + b"a" * 4096),
+    ],
+    ids=["transcription-form", "speech-json"],
+)
+def test_a_client_hanging_up_mid_upload_is_a_499_not_a_500(
+    path: str, content_type: str, head: bytes
+) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    access = logging.getLogger("voxserve.access")
+    old_level = access.level
+    access.setLevel(logging.INFO)
+    access.addHandler(handler)
+    try:
+        with LiveServer(make_settings(speech_models=())) as live, patient_http(live) as http:
+            _hang_up_mid_upload(live, path, content_type, head)
+            route = {"route": path, "method": "POST"}
+            wait_for_metric(live, "voxserve_request_seconds_count", 1, **route)  # it is done
+            wait_until(lambda: '"hung-up"' in stream.getvalue(), "the access line")
+            metrics = http.get("/metrics").text
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(old_level)
+    assert metric(metrics, "voxserve_requests_total", status="499", **route) == 1
+    assert metric(metrics, "voxserve_requests_total", status="500", **route) == 0
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines() if '"hung-up"' in x]
+    assert line["status"] == 499 and line["path"] == path

@@ -6,16 +6,20 @@ import io
 import json
 import logging
 import re
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
-from benchmarks.server_process import metric
+from benchmarks.server_process import metric, serving
 from server.catalog import CatalogModel
 from server.logs import JsonFormatter, RequestIdFilter
 from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer, make_settings
+from tests.patience import wait_until
 from tests.speech import duration_of, spoken_wav
 
 
@@ -67,12 +71,23 @@ def test_metrics_count_requests_audio_and_model_work(server: LiveServer) -> None
             },
         )
         assert http.post("/v1/audio/speech", json={"model": "tts-1"}).status_code == 400
+
+        def counted() -> bool:  # a request is counted once its middleware returns
+            text = http.get("/metrics").text
+            speech_count = {"route": "/v1/audio/speech", "method": "POST"}
+            return metric(text, "voxserve_request_seconds_count", **speech_count) - metric(
+                before, "voxserve_request_seconds_count", **speech_count
+            ) >= 2 and metric(text, "voxserve_requests_total", **route) > metric(
+                before, "voxserve_requests_total", **route
+            )
+
+        route = {"route": "/v1/audio/transcriptions", "method": "POST", "status": "200"}
+        wait_until(counted, "all three requests counted")
         after = http.get("/metrics").text
 
     def grew(name: str, **labels: str) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)
 
-    route = {"route": "/v1/audio/transcriptions", "method": "POST", "status": "200"}
     assert grew("voxserve_requests_total", **route) == 1
     assert (
         grew("voxserve_requests_total", route="/v1/audio/speech", method="POST", status="400") == 1
@@ -153,3 +168,28 @@ def test_logs_are_json_with_request_ids_and_no_text_at_info(
     everything = json_log.getvalue().lower()  # ...and are nowhere in the log
     for word in ("zanzibar", "lemonade", "initech", "merger"):
         assert word not in everything
+
+
+TEXT_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+ \[[^\]]*\] ")
+"""The start of every record in the text log; a traceback's lines are indented."""
+
+
+def test_a_line_break_in_a_path_does_not_forge_a_text_log_line(tmp_path: Path) -> None:
+    forged = "2026-01-01 00:00:00,000 INFO voxserve.access [admin] GET /v1/admin 200"
+    with serving(tmp_path, log_format="text") as (process, base_url):
+        with httpx.Client(base_url=base_url, timeout=600) as http:
+            injected = http.get(
+                "/v1/models/x%0A" + forged.replace(" ", "%20") + "%0D%1B[31m",
+                headers={"X-Request-ID": "inject-1"},
+            )
+        process.send_signal(signal.SIGTERM)  # drains (nothing in flight) and exits
+        assert process.wait(timeout=600) == 0
+        log = process.stdout.read() if process.stdout else ""
+    assert injected.status_code == 404  # the model "x\n..." does not exist
+    lines = log.splitlines()
+    assert lines, log
+    for line in lines:
+        assert TEXT_RECORD.match(line) or line.startswith("    "), line
+    assert not any(line.startswith(forged) for line in lines), log
+    (access,) = [line for line in lines if "[inject-1]" in line and "voxserve.access" in line]
+    assert "GET /v1/models/x\\n2026-01-01" in access and "\\r\\x1b[31m 404 " in access
