@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from functools import partial
 from importlib.metadata import version
 from typing import Any
@@ -24,7 +24,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from models.base import AudioArray, SpeechItem, TranscriptionItem, WindowTranscript
+from models.base import SAMPLE_RATE, AudioArray, SpeechItem, TranscriptionItem, WindowTranscript
 from models.registry import ModelLoadError, TranscriptionEngine, build_engine
 from models.voices import EngineSpec, build_speech_backend
 from server.audio import AudioLimits
@@ -34,6 +34,7 @@ from server.middleware import MIDDLEWARE
 from server.routes import ROUTES
 from server.runtime import ModelState, Runtime
 from server.scheduler import BatchScheduler, ModelScheduler, StepScheduler
+from server.scheduler.queue import STOP_WAIT_SECONDS
 from server.settings import SchedulerConfig, Settings
 from server.speech import SpeechEngine, Voice
 from server.transcription import TranscriptionService
@@ -99,7 +100,14 @@ def _transcription_scheduler(
 ) -> ModelScheduler[TranscriptionItem, WindowTranscript]:
     """Continuous batching for a step engine, whole batches for the others."""
     if engine.steps is not None:
-        return StepScheduler(name, engine.steps, config, setup=engine.load, observer=state.metrics)
+        return StepScheduler(
+            name,
+            engine.steps,
+            config,
+            setup=engine.load,
+            observer=state.metrics,
+            work_of=_audio_seconds,
+        )
     assert engine.whole is not None
     return BatchScheduler(
         name,
@@ -108,6 +116,7 @@ def _transcription_scheduler(
         config,
         setup=engine.load,
         observer=state.metrics,
+        work_of=_audio_seconds,
     )
 
 
@@ -152,11 +161,22 @@ async def _start_engine(state: Runtime, spec: EngineSpec, name: str) -> SpeechEn
         config,
         setup=backend.load,
         observer=state.metrics,
+        work_of=_characters,
     )
     await scheduler.start()
     state.metrics.watch_queue(name, _depth_of(scheduler))
     logger.info("speech engine %s loaded (%s)", name, scheduler.config)
     return SpeechEngine(name, spec.backend, backend, scheduler)
+
+
+def _audio_seconds(item: TranscriptionItem) -> float:
+    """A window's work for ``Retry-After``: its audio seconds (a request declares its own)."""
+    return len(item.audio) / SAMPLE_RATE
+
+
+def _characters(item: SpeechItem) -> float:
+    """A sentence's work for ``Retry-After``: its characters (a request declares its own)."""
+    return len(item.text)
 
 
 def _depth_of(scheduler: ModelScheduler[Any, Any]) -> Callable[[], float]:
@@ -184,11 +204,12 @@ def create_app(settings: Settings) -> Litestar:
         try:
             yield
         finally:
+            # Neither step waits for a model still loading or computing beyond a short
+            # bound: that is native code which cannot be interrupted, and the drain's
+            # deadline must hold (server.process).
             loading.cancel()
-            with suppress(asyncio.CancelledError):
-                await loading
-            for scheduler in state.schedulers():
-                await scheduler.stop()
+            await asyncio.wait({loading}, timeout=STOP_WAIT_SECONDS)
+            await asyncio.gather(*(scheduler.stop() for scheduler in state.schedulers()))
 
     return Litestar(
         route_handlers=ROUTES,

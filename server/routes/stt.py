@@ -14,7 +14,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.datastructures import UploadFile
 
-from models.base import WindowTranscript
+from models.base import SAMPLE_RATE, WindowTranscript
 from models.windowing import VadSettings
 from server.errors import InternalError, PayloadTooLarge, VoxserveError, sse_error
 from server.formats import RenderOptions, logprobs_json, render, usage_of
@@ -65,6 +65,7 @@ async def run_job(
     data = await read_upload(request, upload)
     with service.scheduler.admit() as ticket:
         prepared = await service.prepare(data, upload.filename, job.chunking)
+        ticket.work = sum(w.end - w.start for w in prepared.windows) / SAMPLE_RATE
         transcript = await service.transcribe(prepared, job, ticket)
     body, media_type = render(transcript, response_format, render_options)
     return Response(body, media_type=media_type)
@@ -87,6 +88,7 @@ async def stream_events(
     """
     with service.scheduler.admit() as ticket:
         prepared = await service.prepare(data, filename, job.chunking)
+        ticket.work = sum(w.end - w.start for w in prepared.windows) / SAMPLE_RATE
         yield b""
         windows: list[WindowTranscript] = []
         said = False

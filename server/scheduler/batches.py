@@ -48,16 +48,17 @@ class BatchScheduler(ModelScheduler[ItemT, ResultT]):
         *,
         setup: Callable[[], None] | None = None,
         observer: BatchObserver | None = None,
+        work_of: Callable[[ItemT], float] | None = None,
     ) -> None:
-        super().__init__(name, batch_key, config, setup=setup, observer=observer)
+        super().__init__(name, batch_key, config, setup=setup, observer=observer, work_of=work_of)
         self._run_batch = run_batch
         self._batch: list[Entry[ItemT, ResultT]] = []  # the batch in the worker thread
-        self._batch_seconds = 0.0  # moving average, for Retry-After
+        self._batch_seconds = 0.0  # moving average, the least Retry-After
 
     def _in_worker(self) -> list[Entry[ItemT, ResultT]]:
         return self._batch
 
-    def estimated_wait(self) -> float:
+    def _queue_wait(self) -> float:
         """The batch in the worker, if any, plus the batches the waiting items make
         (each key batches apart), at the moving average of a batch's time but at
         least 0.1 s each; never less than one batch."""
@@ -104,6 +105,7 @@ class BatchScheduler(ModelScheduler[ItemT, ResultT]):
         finally:
             self._batch = []
         seconds = time.monotonic() - started
+        self._worked(sum(self._progress(e) for e in batch), min(e.enqueued_at for e in batch))
         self._batch_seconds = (
             seconds if not self._batch_seconds else (0.8 * self._batch_seconds + 0.2 * seconds)
         )
@@ -113,7 +115,7 @@ class BatchScheduler(ModelScheduler[ItemT, ResultT]):
             if isinstance(outcome, Failure):
                 entry.future.set_exception(outcome.error)
             else:
-                entry.future.set_result(outcome)
+                self._answer(entry, outcome)
         if self._observer is not None:
             waits = [started - e.enqueued_at for e in batch]
             self._observer.batch_done(self.name, len(batch), waits, seconds)

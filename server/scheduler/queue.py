@@ -22,7 +22,11 @@ from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 from server.errors import NotReady, Overloaded
+from server.scheduler.workload import Throughput, WorkAverage, drain_seconds, owed, stand_in
 from server.settings import SchedulerConfig
+
+STOP_WAIT_SECONDS = 0.5
+"""How long stopping a scheduler waits for a model call in progress (see ``stop``)."""
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -45,6 +49,12 @@ class Ticket:
 
     served: bool = False
     """One of its items has been taken into a batch: the request is being served."""
+    work: float | None = None
+    """All the work the request will ask of the model, in the units of the scheduler's
+    ``work_of`` (audio seconds, characters); ``None`` until known. ``Retry-After``
+    counts it, so a request admitted but not yet (fully) queued is not overlooked."""
+    done: float = 0.0
+    """The work of its items answered so far."""
 
 
 @dataclass(slots=True, eq=False)
@@ -58,11 +68,17 @@ class Entry(Generic[ItemT, ResultT]):
     """Fires at ``max_queue_time``; cancelled and dropped once the entry leaves."""
     queued: bool = True
     """Still waiting: not taken into a batch, and its future not known to be done."""
+    work: float = 1.0
+    """The item's work, in the units of ``work_of``."""
 
     def stop_timer(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+def _nothing() -> None:
+    """Queued behind the worker's current call: done when the thread is free."""
 
 
 class ModelScheduler(Generic[ItemT, ResultT]):
@@ -76,10 +92,17 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         *,
         setup: Callable[[], None] | None = None,
         observer: BatchObserver | None = None,
+        work_of: Callable[[ItemT], float] | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self._batch_key = batch_key
+        self._work_of = work_of
+        """An item's work in the model's units, for ``Retry-After``; 1 per item if None."""
+        self._tickets: set[Ticket] = set()  # admitted, for Retry-After
+        self._throughput = Throughput()
+        self._work_average = WorkAverage()
+        self._busy_until = 0.0  # when the last measured work ended
         self._setup = setup
         self._observer = observer
         self._queue: deque[Entry[ItemT, ResultT]] = deque()
@@ -104,7 +127,15 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         self._task = asyncio.create_task(self._serve(), name=f"scheduler-{self.name}")
 
     async def stop(self) -> None:
-        """Stop batching, fail what is still queued, and let the thread finish."""
+        """Stop batching, fail what is still queued, and give the worker thread
+        :data:`STOP_WAIT_SECONDS` to finish the model call it is in.
+
+        A model call cannot be interrupted (it is native code: CTranslate2,
+        onnxruntime, torch) and may run for many seconds more; its results are
+        dropped anyway. So stopping does not wait for it longer than that: the thread
+        is left to end on its own, and the process's exit does not wait for it
+        either (``server.process.exit_now``).
+        """
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
@@ -114,8 +145,15 @@ class ModelScheduler(Generic[ItemT, ResultT]):
             self._leave(entry)
             if not entry.future.done():
                 entry.future.set_exception(NotReady(f"Model '{self.name}' is shutting down."))
-        if self._executor is not None:
-            await asyncio.to_thread(self._executor.shutdown, wait=True)
+        if self._executor is None:
+            return
+        try:  # one worker thread, first in first out: this runs once the call ends
+            idle = asyncio.get_running_loop().run_in_executor(self._executor, _nothing)
+        except RuntimeError:  # stopped before
+            return
+        with suppress(TimeoutError):
+            await asyncio.wait_for(idle, STOP_WAIT_SECONDS)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def fail_pending(self, error: BaseException) -> int:
         """Fail every item not yet answered, queued or in the worker, with ``error``.
@@ -141,8 +179,9 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         """Entries taken from the queue and not yet answered."""
         raise NotImplementedError
 
-    def estimated_wait(self) -> float:
-        """Seconds until the queue as it stands now would be worked off (Retry-After)."""
+    def _queue_wait(self) -> float:
+        """Seconds until the items queued and running now are worked off, by counting
+        batches: the least ``estimated_wait`` gives (never less than one batch)."""
         raise NotImplementedError
 
     def _submitted(self) -> None:
@@ -169,8 +208,12 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         return NotReady(f"Model '{self.name}' is not ready.", retry_after=5)
 
     @contextmanager
-    def admit(self) -> Iterator[Ticket]:
-        """Hold one of ``max_queue_size`` places for a request while it is served."""
+    def admit(self, work: float | None = None) -> Iterator[Ticket]:
+        """Hold one of ``max_queue_size`` places for a request while it is served.
+
+        ``work`` is all the request will ask of the model (see :attr:`Ticket.work`);
+        a request that learns it later sets it on the ticket.
+        """
         if not self.running:
             raise self._not_ready()
         if self._admitted >= self.config.max_queue_size:
@@ -182,10 +225,15 @@ class ModelScheduler(Generic[ItemT, ResultT]):
                 retry_after=self.estimated_wait(),
             )
         self._admitted += 1
+        ticket = Ticket(work=work)
+        self._tickets.add(ticket)
         try:
-            yield Ticket()
+            yield ticket
         finally:
             self._admitted -= 1
+            self._tickets.discard(ticket)
+            if ticket.work is not None:
+                self._work_average.add(ticket.work)
 
     def submit(self, item: ItemT, ticket: Ticket | None = None) -> asyncio.Future[ResultT]:
         """Queue one item; its future resolves with its result or its error.
@@ -198,6 +246,8 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ResultT] = loop.create_future()
         entry = Entry(item, self._batch_key(item), future, ticket)
+        if self._work_of is not None:
+            entry.work = self._work_of(item)
         if ticket is None or not ticket.served:
             entry.timer = loop.call_later(self.config.max_queue_time, self._expire, entry)
         self._queue.append(entry)
@@ -236,6 +286,62 @@ class ModelScheduler(Generic[ItemT, ResultT]):
     def _on_future_done(self, entry: Entry[ItemT, ResultT], _: asyncio.Future[ResultT]) -> None:
         if self._leave(entry):  # cancelled while it waited
             self._wakeup.set()  # the head of the queue may have gone
+
+    # -- Retry-After -----------------------------------------------------------------
+
+    def estimated_wait(self) -> float:
+        """Seconds until the work admitted now is done, for ``Retry-After``.
+
+        The work every admitted request still owes (:mod:`.workload`) over the
+        measured throughput; never less than the queue's own count of batches, at
+        most :data:`~server.scheduler.workload.RETRY_AFTER_CAP`.
+        """
+        return drain_seconds(self._remaining_work(), self._throughput.rate, self._queue_wait())
+
+    @property
+    def pending_work(self) -> float:
+        """The work admitted and not yet done, in the units of ``work_of`` (audio
+        seconds, characters): what ``estimated_wait`` divides by the throughput."""
+        return self._remaining_work()
+
+    def _remaining_work(self) -> float:
+        """The work owed by the admitted requests and by items queued without one."""
+        outstanding = dict.fromkeys(self._tickets, 0.0)
+        loose = 0.0
+        waiting = [e for e in self._queue if e.queued]
+        running = [e for e in self._in_worker() if not e.future.done()]
+        for entry in waiting + running:
+            ticket = entry.ticket
+            if ticket is not None and ticket in outstanding:
+                outstanding[ticket] += entry.work
+            else:
+                loose += entry.work
+        known = [t.work for t in self._tickets if t.work is not None]
+        assumed = stand_in(self._work_average.value, known)
+        return loose + sum(owed(t.work, t.done, outstanding[t], assumed) for t in outstanding)
+
+    def _answer(self, entry: Entry[ItemT, ResultT], result: ResultT) -> None:
+        """Give ``entry`` its result and count its work as done for its request."""
+        entry.future.set_result(result)
+        if entry.ticket is not None:
+            entry.ticket.done += entry.work
+
+    def _progress(self, entry: Entry[ItemT, ResultT]) -> float:
+        """What computing ``entry`` (not yet answered) advances its request: its work, but
+        no more than the request's declared work still open. A window passed again (a
+        resumed or hotter decode) costs time without advancing it, so the throughput is
+        of declared work, the same units that ``estimated_wait`` divides."""
+        ticket = entry.ticket
+        if ticket is None or ticket.work is None:
+            return entry.work
+        return min(entry.work, max(ticket.work - ticket.done, 0.0))
+
+    def _worked(self, units: float, since: float) -> None:
+        """Measure the throughput: ``units`` done by now, busy since ``since`` (the time
+        the work became pending) or since the last measured work ended, if later."""
+        now = time.monotonic()
+        self._throughput.add(units, now - max(since, self._busy_until))
+        self._busy_until = now
 
     def _expire(self, entry: Entry[ItemT, ResultT]) -> None:
         """The entry's timer: it waited ``max_queue_time`` without being taken."""

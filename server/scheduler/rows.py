@@ -53,8 +53,9 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
         *,
         setup: Callable[[], None] | None = None,
         observer: BatchObserver | None = None,
+        work_of: Callable[[ItemT], float] | None = None,
     ) -> None:
-        super().__init__(name, lambda _: 0, config, setup=setup, observer=observer)
+        super().__init__(name, lambda _: 0, config, setup=setup, observer=observer, work_of=work_of)
         self._engine = engine
         self._running: dict[int, Entry[ItemT, ResultT]] = {}
         self._started: dict[int, float] = {}
@@ -62,7 +63,7 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
         self._attention = threading.Event()
         """Set when the worker should end its run of steps early: an item arrived
         while a row is free, or a running item's client went away."""
-        self._item_seconds = 0.0  # moving average of admission to result, for Retry-After
+        self._item_seconds = 0.0  # moving average of admission to result: least Retry-After
 
     # -- what the queue asks of a runner -------------------------------------------
 
@@ -76,7 +77,7 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
         if self._free and (not self._running or self._depth == 1 or self._admit_now()):
             self._attention.set()
 
-    def estimated_wait(self) -> float:
+    def _queue_wait(self) -> float:
         """The rounds of ``rows`` items that the queued and running items make, at the
         moving average of one item's time (at least 0.1 s); never less than one."""
         rounds = math.ceil((self._depth + len(self._running)) / self._engine.rows)
@@ -150,14 +151,20 @@ class StepScheduler(ModelScheduler[ItemT, ResultT]):
         )
         for row in gone:
             self._free_row(row, measured=False)
+        finished = 0.0  # the work of the items done, for the throughput
         for row, outcome in outcomes:
             entry = self._free_row(row)
-            if entry is None or entry.future.done():
+            if entry is None:
+                continue
+            if not isinstance(outcome, BaseException):
+                finished += self._progress(entry)
+            if entry.future.done():
                 continue
             if isinstance(outcome, BaseException):
                 entry.future.set_exception(outcome)
             else:
-                entry.future.set_result(outcome)
+                self._answer(entry, outcome)
+        self._worked(finished, min([started, *(e.enqueued_at for _, e in admitted)]))
         if self._observer is not None and rows:
             waits = [started - entry.enqueued_at for _, entry in admitted]
             self._observer.batch_done(self.name, rows, waits, time.monotonic() - started)

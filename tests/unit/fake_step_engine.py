@@ -73,7 +73,7 @@ class FakeStepEngine:
         self.threads.add(threading.get_ident())
         if not self.gate.is_set():
             self.parked.set()
-        self.gate.wait(timeout=5)
+        self.gate.wait(timeout=60)
         self.parked.clear()
         if self.step_seconds:
             threading.Event().wait(self.step_seconds)

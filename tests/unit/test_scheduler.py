@@ -8,12 +8,13 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Hashable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 
 import pytest
 
 from server.errors import NotReady, Overloaded
-from server.scheduler import BatchObserver, BatchScheduler
+from server.scheduler import BatchObserver, BatchScheduler, Ticket
+from server.scheduler.workload import RETRY_AFTER_CAP, Throughput
 from server.settings import SchedulerConfig
 
 
@@ -142,7 +143,7 @@ def test_a_full_batch_starts_without_waiting_for_the_delay() -> None:
 
     waited = run(scenario())
     assert isinstance(waited, float)
-    assert waited < 0.5
+    assert waited < 2.5  # half the 5 s delay: it did not wait for it
     assert backend.batches == [[("a", 0), ("a", 1), ("a", 2), ("a", 3)]]
 
 
@@ -270,7 +271,7 @@ def test_an_item_stuck_behind_a_slow_batch_times_out_uncomputed_and_frees_its_pl
             await asyncio.sleep(0.05)  # the first item now holds the worker
             queued_at = time.monotonic()
             with pytest.raises(NotReady) as expired:
-                await asyncio.wait_for(request(scheduler), 2)
+                await asyncio.wait_for(request(scheduler), 60)  # a hang guard only
             waited = time.monotonic() - queued_at
             assert not gate.is_set()  # it fired while the worker was still busy
             assert expired.value.code == "queue_timeout"
@@ -354,7 +355,7 @@ def test_each_expired_item_is_reported_once_and_later_items_still_run() -> None:
             first = scheduler.submit(("a", 1))
             await asyncio.sleep(0.02)
             doomed = [scheduler.submit(("b", v)) for v in (2, 3, 4)]
-            outcomes = await asyncio.wait_for(asyncio.gather(*doomed, return_exceptions=True), 2)
+            outcomes = await asyncio.wait_for(asyncio.gather(*doomed, return_exceptions=True), 60)
             gate.set()
             late = await scheduler.run([("b", 5)])  # the scheduler goes on as before
             return [await first, *outcomes, *late]
@@ -436,3 +437,95 @@ def test_a_finished_or_cancelled_item_leaves_nothing_scheduled_behind() -> None:
     refs = run(scenario())
     assert isinstance(refs, list)
     assert [ref() for ref in refs] == [None, None]
+
+
+# -- Retry-After from the work admitted ------------------------------------------------
+
+
+async def _sequential_request(
+    scheduler: BatchScheduler[tuple[str, int], int], ticket: Ticket, items: int
+) -> None:
+    """A request that keeps one item queued at a time (as speech keeps a few): the queue
+    shows almost nothing of the work it was admitted with."""
+    for value in range(items):
+        await scheduler.run([("a", value)], ticket)
+
+
+def test_the_retry_estimate_counts_the_work_admitted_not_only_the_items_queued() -> None:
+    """Four requests of six items each hold every place, one item queued apiece: the
+    estimate is the time their work takes (within a wide factor), where counting the
+    queued items would say one round of batches, a sixth of it."""
+    backend = RecordingBackend(seconds_per_batch=0.05)
+    requests, items = 4, 6
+
+    async def scenario() -> tuple[float, float, float]:
+        async with started(
+            backend, max_batch_size=2, max_queue_delay_ms=0, max_queue_size=requests
+        ) as scheduler:
+            await asyncio.gather(*(scheduler.run([("a", v)]) for v in range(8)))  # measure
+            with ExitStack() as places:
+                tickets = [places.enter_context(scheduler.admit(work=items)) for _ in range(4)]
+                began = time.monotonic()
+                work = [
+                    asyncio.ensure_future(_sequential_request(scheduler, t, items)) for t in tickets
+                ]
+                await asyncio.sleep(0)  # each request has queued its first item
+                estimate = scheduler.estimated_wait()
+                with pytest.raises(Overloaded) as refused, scheduler.admit():
+                    pass
+                await asyncio.gather(*work)
+                took = time.monotonic() - began
+            assert refused.value.retry_after is not None
+            return estimate, refused.value.retry_after, took
+
+    estimate, retry_after, took = asyncio.run(scenario())
+    assert took / 2.5 <= estimate <= took * 2.5, (estimate, took)
+    assert retry_after == pytest.approx(estimate, rel=0.5)
+
+
+def test_a_request_whose_work_is_not_known_yet_counts_as_the_recent_average() -> None:
+    """A transcription is admitted before its upload is decoded: until it declares its
+    work, the average of recent requests' stands in; before any, what it queued."""
+    backend = RecordingBackend(seconds_per_batch=0.02)
+
+    async def scenario() -> tuple[float, float, float]:
+        async with started(backend, max_batch_size=1, max_queue_delay_ms=0) as scheduler:
+            with scheduler.admit() as ticket:  # nothing known, nothing queued
+                await scheduler.run([("a", 1)], ticket)
+                unknown_first = scheduler.estimated_wait()
+            for _ in range(3):
+                with scheduler.admit(work=50) as ticket:
+                    await scheduler.run([("a", 1)], ticket)
+            with scheduler.admit() as ticket:  # declares nothing: as the others
+                assumed = scheduler.estimated_wait()
+                ticket.work = 50
+                declared = scheduler.estimated_wait()
+            return unknown_first, assumed, declared
+
+    unknown_first, assumed, declared = asyncio.run(scenario())
+    assert unknown_first < 0.5  # one batch's worth, at least 0.1 s
+    assert assumed == pytest.approx(declared, rel=0.01)
+    assert declared > 3 * unknown_first  # 50 items' worth of batches
+
+
+def test_the_retry_estimate_is_capped() -> None:
+    backend = RecordingBackend(seconds_per_batch=0.01)
+
+    async def scenario() -> float:
+        async with started(backend, max_batch_size=1, max_queue_delay_ms=0) as scheduler:
+            await scheduler.run([("a", 1)])
+            with scheduler.admit(work=1e9):
+                return scheduler.estimated_wait()
+
+    assert asyncio.run(scenario()) == RETRY_AFTER_CAP
+
+
+def test_throughput_is_work_over_busy_time_and_follows_a_change_of_pace() -> None:
+    meter = Throughput(horizon=10.0)
+    assert meter.rate is None
+    for _ in range(10):
+        meter.add(units=8, seconds=1.0)  # a batch of 8 per second
+    assert meter.rate == pytest.approx(8.0)
+    for _ in range(50):  # 50 s of a pace four times slower
+        meter.add(units=2, seconds=1.0)
+    assert meter.rate == pytest.approx(2.0, rel=0.05)

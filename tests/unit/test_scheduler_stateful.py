@@ -28,6 +28,7 @@ from hypothesis.stateful import (
 
 from server.errors import NotReady, Overloaded
 from server.scheduler import BatchScheduler, Ticket
+from server.scheduler.workload import RETRY_AFTER_CAP
 from server.settings import SchedulerConfig
 
 
@@ -54,7 +55,7 @@ class FakeModel:
     def run(self, items: list[int]) -> list[int]:
         with self.lock:
             self.calls.append(list(items))
-        self.gate.wait(timeout=5)
+        self.gate.wait(timeout=60)
         if any(item < 0 for item in items):
             raise ValueError("negative item")
         return [expected(item) for item in items]
@@ -76,6 +77,10 @@ class Observer:
 
     def rejected(self, model: str, reason: str) -> None:
         self.rejections.append(reason)
+
+
+def _has_result(future: asyncio.Future[int]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def model_batches(calls: list[list[int]]) -> list[list[int]]:
@@ -133,7 +138,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         cancelled" a question the model's record answers.
         """
         self.loop.run_until_complete(asyncio.sleep(seconds))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while True:
             self.loop.run_until_complete(asyncio.sleep(0))
             seen = {item for call in self.model.snapshot() for item in call}
@@ -254,8 +259,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         unfinished = sum(1 for f in self.futures.values() if not f.done())
         assert 0 <= self.scheduler.queue_depth <= unfinished
         assert self.scheduler.admitted == len(self.requests) <= self.config.max_queue_size
-        assert self.scheduler.estimated_wait() >= 0.1
+        assert 0.1 <= self.scheduler.estimated_wait() <= RETRY_AFTER_CAP
         assert self.loop_errors == []
+
+    @invariant()
+    def each_request_is_credited_with_exactly_its_answered_items(self) -> None:
+        """``Retry-After`` counts what a request still owes: its done work (1 per item
+        here) is its items answered with a result, not failed, cancelled or expired."""
+        for _, ticket, items in self.requests:
+            answered = [i for i in items if _has_result(self.futures[i])]
+            assert ticket.done == len(answered)
 
     @invariant()
     def every_batch_is_legal_and_nothing_cancelled_was_computed(self) -> None:
@@ -285,7 +298,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.model.gate.set()
         pending = [f for f in self.futures.values() if not f.done()]
         if pending:
-            self.loop.run_until_complete(asyncio.wait(pending, timeout=5))
+            self.loop.run_until_complete(asyncio.wait(pending, timeout=60))
         self.pump()
         computed = {item for batch in model_batches(self.model.snapshot()) for item in batch}
         expired = 0

@@ -6,13 +6,13 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from typing import TypeVar
 
 import pytest
 
 from server.errors import NotReady
-from server.scheduler import StepScheduler
+from server.scheduler import StepScheduler, Ticket
 from server.settings import SchedulerConfig
 from tests.unit.fake_step_engine import UNLUCKY, FakeStepEngine, Item
 
@@ -212,7 +212,7 @@ def test_a_newcomer_waits_for_company_no_longer_than_the_delay() -> None:
             return time.monotonic() - submitted
 
     waited = run(scenario())
-    assert 0.09 <= waited < 2.0
+    assert 0.09 <= waited < 10.0  # the delay, not the 100,000-step item
     assert engine.admissions[:2] == [[0], [1]]
 
 
@@ -259,3 +259,39 @@ def test_the_engine_is_entered_by_the_thread_that_loaded_it() -> None:
     run(scenario())
     assert len(engine.threads) == 1
     assert threading.get_ident() not in engine.threads
+
+
+def test_the_retry_estimate_is_the_admitted_work_at_the_engines_throughput() -> None:
+    """Eight requests of five 10-step items each, run one item at a time, on 4 rows: the
+    estimate is their drain time (within a wide factor). Counting the items queued and
+    running at one item's latency each round would say a fifth of it; dividing the work
+    by one row's rate instead of all four's would say four times it."""
+    engine = FakeStepEngine(rows=4, step_seconds=0.01)
+    requests, items, steps = 8, 5, 10
+
+    async def request(scheduler: StepScheduler[Item, int], ticket: Ticket) -> None:
+        for value in range(items):
+            await scheduler.run([(steps, value)], ticket)
+
+    async def scenario() -> tuple[float, float]:
+        config = SchedulerConfig(engine.rows, 0.0, requests, 30.0)
+        scheduler = StepScheduler("fake", engine, config, setup=engine.load, work_of=lambda i: i[0])
+        await scheduler.start()
+        try:
+            await asyncio.gather(*(scheduler.run([(steps, v)]) for v in range(8)))  # measure
+            with ExitStack() as places:
+                tickets = [
+                    places.enter_context(scheduler.admit(work=items * steps))
+                    for _ in range(requests)
+                ]
+                began = time.monotonic()
+                work = [asyncio.ensure_future(request(scheduler, t)) for t in tickets]
+                await asyncio.sleep(0)  # each request has queued its first item
+                estimate = scheduler.estimated_wait()
+                await asyncio.gather(*work)
+                return estimate, time.monotonic() - began
+        finally:
+            await scheduler.stop()
+
+    estimate, took = run(scenario())
+    assert took / 2.5 <= estimate <= took * 2.5, (estimate, took)
