@@ -3,7 +3,8 @@
 Run from the repository root (so that ``tests.speech`` is importable)::
 
     python -m benchmarks.overload [--ramp-seconds 10] [--capacity-seconds 20]
-                                  [--overload-seconds 30] [--factor 3] [--quick]
+                                  [--overload-seconds 30] [--overload-arrivals 0]
+                                  [--factor 3] [--quick]
 
 One JSON document goes to stdout; progress goes to stderr.
 
@@ -19,13 +20,19 @@ sentence of ``tests.speech.SENTENCES`` spoken by the packaged Piper voice (about
 
 1. *capacity*: ``2 x max_batch_size`` closed-loop clients (never more than
    ``max_queue_size``, so nothing is refused) keep one request in flight each for
-   ``--ramp-seconds`` and then ``--capacity-seconds``. The capacity is the number of
+   ``--ramp-seconds`` and then ``--capacity-seconds``, and on until at least
+   ``concurrency`` requests have finished after the ramp (one round each: on a busy
+   machine a round can take longer than the span; ``CAPACITY_PATIENCE_S`` bounds
+   the wait). The capacity is the number of
    clients over the mean latency of the requests that finished in the second span
    (Little's law for a closed loop): a batch of 8 finishes 8 requests at once, so a
    count of completions in a short span jumps by 8 (``completed_per_s`` is that count,
    for comparison). The ramp warms the model and fills the pipeline.
 2. *overload*: requests arrive open-loop, as a Poisson process (seeded) at ``--factor``
-   times that rate, for ``--overload-seconds``; each arrival is sent at once on its
+   times that rate, for ``--overload-seconds`` or for as long as ``--overload-arrivals``
+   arrivals take at that rate, whichever is longer (an overload measured in arrivals
+   refuses as large a share on a slow machine as on a fast one: at a factor of 3, about
+   two thirds of the arrivals less the queue's places); each arrival is sent at once on its
    own connection-pooled task, however many are outstanding, so the client never
    holds arrivals back (``arrival_lag_ms`` shows how late it sent them). Every
    request's status, error code and latency are recorded client-side, from the call
@@ -103,6 +110,9 @@ REJECTION_P99_BOUND_MS = 50.0
 SUCCESS_WER = 0.1
 SCRAPE_INTERVAL_S = 0.05
 REQUEST_TIMEOUT_S = 300.0
+CAPACITY_PATIENCE_S = 600.0
+"""The longest the capacity phase waits for its first round of completions: only a
+server that answers nothing at all runs into it."""
 
 JSON = dict[str, Any]
 
@@ -186,27 +196,51 @@ async def closed_loop(
     concurrency: int,
     ramp: float,
     seconds: float,
-) -> list[Outcome]:
-    """``concurrency`` clients, one request in flight each, for ``ramp + seconds``.
+    patience: float = CAPACITY_PATIENCE_S,
+) -> tuple[list[Outcome], float]:
+    """``concurrency`` clients, one request in flight each, for ``ramp + seconds`` and
+    until ``concurrency`` requests have succeeded after the ramp; those requests, and
+    how long the counted span lasted.
 
-    Only the requests that finish inside the last ``seconds`` are returned: the first
+    Only the requests that finish inside the counted span are returned: the first
     ``ramp`` seconds fill the pipeline (and warm the model), and the requests still
     in flight at the end are waited for but not counted, so neither the start nor the
-    tail, when fewer than ``concurrency`` are in flight, dilutes the rate.
+    tail, when fewer than ``concurrency`` are in flight, dilutes the rate. The span is
+    ``seconds`` long on a machine that serves a round of requests in that time, and
+    stretched to the end of the first round on one that does not (a busy one), so
+    that a capacity is measured at all; ``patience`` seconds after the ramp it ends
+    regardless, and the caller finds no request finished.
     """
     start = time.monotonic()
-    window = (start + ramp, start + ramp + seconds)
+    counted_from = start + ramp
+    finished: list[float] = []
+    """When each request that succeeded inside the span finished."""
+    end: float | None = None
+
+    def over() -> bool:
+        nonlocal end
+        if end is None:
+            now = time.monotonic()
+            span = now - counted_from
+            if (span >= seconds and len(finished) >= concurrency) or span >= patience:
+                end = now
+        return end is not None
 
     async def one_client() -> list[Outcome]:
         outcomes = []
-        while time.monotonic() < window[1]:
-            outcomes.append(await post_clip(client, url, clip))
+        while not over():
+            outcome = await post_clip(client, url, clip)
+            outcomes.append(outcome)
+            if outcome.status == 200 and outcome.sent_at + outcome.seconds >= counted_from:
+                finished.append(outcome.sent_at + outcome.seconds)
         return outcomes
 
     per_client = await asyncio.gather(*(one_client() for _ in range(concurrency)))
-    return [
-        o for outs in per_client for o in outs if window[0] <= o.sent_at + o.seconds <= window[1]
+    assert end is not None  # every client stopped because the span was over
+    counted = [
+        o for outs in per_client for o in outs if counted_from <= o.sent_at + o.seconds <= end
     ]
+    return counted, end - counted_from
 
 
 async def open_loop(
@@ -365,6 +399,7 @@ async def measure(
     *,
     capacity_seconds: float,
     overload_seconds: float,
+    overload_arrivals: int,
     factor: float,
     ramp: float,
     seed: int,
@@ -375,7 +410,9 @@ async def measure(
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
         log(f"capacity: {concurrency} closed-loop clients, {ramp:g} s + {capacity_seconds:g} s")
-        outcomes = await closed_loop(client, url, clip, concurrency, ramp, capacity_seconds)
+        outcomes, counted_seconds = await closed_loop(
+            client, url, clip, concurrency, ramp, capacity_seconds
+        )
         done = [o for o in outcomes if o.status == 200]
         if not done:
             raise RuntimeError(f"no request finished in the capacity phase: {outcomes[:3]}")
@@ -384,15 +421,19 @@ async def measure(
         capacity = {
             "concurrency": concurrency,
             "ramp_seconds": ramp,
-            "seconds": capacity_seconds,
+            "seconds": round(counted_seconds, 2),
             "requests": len(outcomes),
-            "completed_per_s": round(len(done) / capacity_seconds, 3),
+            "completed_per_s": round(len(done) / counted_seconds, 3),
             "by_status": count_by([o.status for o in outcomes]),
             "latency_s": latency_summary([o.seconds for o in done], in_ms=False),
             "wer": rounded(word_error_rate([(clip.text, o.text) for o in done])),
         }
         offered_rps = factor * capacity_rps
-        log(f"capacity {capacity_rps:.2f} req/s; offering {offered_rps:.2f} req/s")
+        overload_seconds = max(overload_seconds, overload_arrivals / offered_rps)
+        log(
+            f"capacity {capacity_rps:.2f} req/s; offering {offered_rps:.2f} req/s"
+            f" for {overload_seconds:.1f} s"
+        )
         samples = Samples()
         stop = asyncio.Event()
         scraper = asyncio.create_task(scrape_metrics(url, samples, stop))
@@ -415,6 +456,7 @@ async def measure(
         "capacity": capacity,
         "capacity_rps": round(capacity_rps, 3),
         "offered_rps": round(offered_rps, 3),
+        "overload_seconds": round(overload_seconds, 2),
         "samples": samples,
         "outcomes": outcomes,
         "server_rejections": {k: v for k, v in rejections.items() if v},
@@ -427,6 +469,7 @@ def run(
     *,
     capacity_seconds: float,
     overload_seconds: float,
+    overload_arrivals: int = 0,
     factor: float = 3.0,
     ramp: float = 10.0,
     seed: int = 1,
@@ -447,6 +490,7 @@ def run(
                     settings,
                     capacity_seconds=capacity_seconds,
                     overload_seconds=overload_seconds,
+                    overload_arrivals=overload_arrivals,
                     factor=factor,
                     ramp=ramp,
                     seed=seed,
@@ -455,7 +499,8 @@ def run(
         access = AccessLog.read(log_path, started_wall)
     outcomes: list[Outcome] = measured.pop("outcomes")
     samples: Samples = measured.pop("samples")
-    overload = overload_report(outcomes, samples, clip, overload_seconds, settings, access)
+    overloaded_for = measured.pop("overload_seconds")  # stretched to the arrivals asked for
+    overload = overload_report(outcomes, samples, clip, overloaded_for, settings, access)
     ok = overload.pop("ok")
     overload["server_rejections"] = measured.pop("server_rejections")
     overload["client_cpu_s"] = measured.pop("client_cpu_s")
@@ -473,6 +518,7 @@ def run(
             "capacity_ramp_seconds": ramp,
             "capacity_seconds": capacity_seconds,
             "overload_seconds": overload_seconds,
+            "overload_arrivals": overload_arrivals,
             "arrivals": "poisson",
             "seed": seed,
             "cpu_count": os.cpu_count(),
@@ -492,6 +538,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--capacity-seconds", type=float, default=20.0)
     parser.add_argument("--overload-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--overload-arrivals",
+        type=int,
+        default=0,
+        help="overload for at least as long as this many arrivals take",
+    )
     parser.add_argument("--factor", type=float, default=3.0, help="offered rate / capacity")
     parser.add_argument(
         "--ramp-seconds", type=float, default=10.0, help="closed loop before capacity is counted"
@@ -509,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(
         capacity_seconds=args.capacity_seconds,
         overload_seconds=args.overload_seconds,
+        overload_arrivals=args.overload_arrivals,
         factor=args.factor,
         ramp=args.ramp_seconds,
         seed=args.seed,

@@ -15,7 +15,9 @@ import uvicorn
 
 from server.app import create_app
 from server.catalog import CatalogModel
+from server.connections import uvicorn_config
 from server.settings import Settings
+from tests.patience import PATIENCE_S
 from tests.speech import SENTENCES, spoken_wav
 
 
@@ -29,31 +31,31 @@ class LiveServer:
             port = probe.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
         self.app = create_app(settings)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        config = uvicorn_config(
+            self.app, settings, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:
         self._thread.start()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + PATIENCE_S
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("voxserve did not start")
             time.sleep(0.05)
         while self.wait_until_ready:  # models load in the background after start-up
-            if httpx.get(f"{self.base_url}/ready").status_code == 200:
+            if httpx.get(f"{self.base_url}/ready", timeout=PATIENCE_S).status_code == 200:
                 break
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("voxserve did not become ready")
             time.sleep(0.05)
         return self
 
-    def wait_until_loaded(self, timeout: float = 120) -> None:
+    def wait_until_loaded(self, timeout: float = PATIENCE_S) -> None:
         """Until no model is still loading (some may have failed)."""
         deadline = time.monotonic() + timeout
-        while "loading" in httpx.get(f"{self.base_url}/ready").text:
+        while "loading" in httpx.get(f"{self.base_url}/ready", timeout=PATIENCE_S).text:
             if time.monotonic() > deadline:
                 raise RuntimeError("voxserve's models are still loading")
             time.sleep(0.05)
@@ -63,10 +65,12 @@ class LiveServer:
         self._thread.join(timeout=30)
 
     def openai(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0)
+        return openai.OpenAI(
+            base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0, timeout=PATIENCE_S
+        )
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=60)
+        return httpx.Client(base_url=self.base_url, timeout=PATIENCE_S)
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import STT_ENGINES, Engine, LiveServer, stt_settings
+from tests.patience import patient_http, wait_until_ready
 from tests.speech import SENTENCES
 
 BOTH_EXACT = (0, 1, 2, 4, 6, 7, 8, 9)
@@ -18,7 +19,7 @@ three of the fourteen otherwise than beam search (CTranslate2): "Rises often ser
 
 def metric(server: LiveServer, name: str) -> float:
     """One series of whisper-1 from /metrics (0 when it has no sample yet)."""
-    with server.http() as http:
+    with patient_http(server) as http:
         text = http.get("/metrics").text
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(match[1]) if match else 0.0
@@ -46,7 +47,8 @@ def test_eight_concurrent_requests_give_the_texts_of_eight_sequential_ones(
 ) -> None:
     wavs = [sentence_wavs[n] for n in BOTH_EXACT]
     settings = stt_settings(engine, model_cache_dir, max_batch_size=8, max_queue_delay_ms=200)
-    with LiveServer(settings) as live:
+    with LiveServer(settings, wait_until_ready=False) as live:
+        wait_until_ready(live)
         client = live.openai()
 
         def transcribe(wav: bytes) -> str:

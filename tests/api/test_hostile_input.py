@@ -1,4 +1,4 @@
-"""Hostile input: each case a 4xx in OpenAI's envelope within 5 s, and the server unharmed.
+"""Hostile input: each case a quick 4xx in OpenAI's envelope, and the server unharmed.
 
 The corpus is what a platform team throws at a new service before letting it near
 traffic: empty, truncated, random and mislabelled files, headers that lie, text
@@ -8,6 +8,12 @@ by byte where a client library would refuse to send it, and sent raw. Each must 
 answered with the exact 4xx expected, in the envelope, quickly, without echoing the
 hostile input back wholesale; after each the server is still ready, and at the end
 it still transcribes and speaks correctly.
+
+"Quickly" is :data:`QUICK_S`: each case takes well under a second alone, and several
+seconds on a busy 2-core machine, so the bound catches a hang or a runaway parse
+(quadratic, or a 150,000-deep recursion) without timing the machine. Every client
+waits up to ``PATIENCE_S``, so a slow answer fails on the bound, with its time, and
+only a hang on the timeout.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from litestar import Litestar, Request, post
@@ -32,12 +37,15 @@ from server.forms import parse_form, read_form
 from server.protocol import TranscriptionForm
 from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer, make_settings
+from tests.patience import patient_http, wait_until_ready
 from tests.speech import SENTENCES, speak, wav_bytes
 
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 TRANSLATIONS = "/v1/audio/translations"
 SPEECH = "/v1/audio/speech"
-DEADLINE_S = 5.0
+QUICK_S = 30.0
+"""The bound on a hostile request's answer (or a 5 MB prompt's): 6x the 5 s it was,
+which was itself tens of times what a case takes on an idle machine."""
 MAX_ERROR_BYTES = 2048
 """An error names what is wrong; it never sends a 300 kB field back."""
 BOUNDARY = "hostile-boundary"
@@ -455,11 +463,8 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveServer]:
-    with LiveServer(make_settings()) as server:
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{server.base_url}/ready").status_code != 200:  # models loaded
-            assert time.monotonic() < deadline, "voxserve did not become ready"
-            time.sleep(0.1)
+    with LiveServer(make_settings(), wait_until_ready=False) as server:
+        wait_until_ready(server)  # every model loaded: minutes on a busy machine
         yield server
 
 
@@ -468,11 +473,11 @@ def live() -> Iterator[LiveServer]:
 )
 def test_hostile_input_is_a_quick_4xx_and_harmless(live: LiveServer, case: Case) -> None:
     raw = case.request()
-    with httpx.Client(base_url=live.base_url, timeout=DEADLINE_S) as http:
+    with patient_http(live) as http:
         started = time.monotonic()
         response = http.post(raw.path, content=raw.body, headers={"content-type": raw.content_type})
         elapsed = time.monotonic() - started
-        assert elapsed < DEADLINE_S
+        assert elapsed < QUICK_S, f"answered in {elapsed:.1f} s"
         assert_error(response, case.status, case.param, case.says)
         if case.status == 404:
             assert response.json()["error"]["code"] == "model_not_found"
@@ -486,7 +491,7 @@ def test_a_half_mp3_is_its_first_half(live: LiveServer) -> None:
     data = mp3()
     assert data[:2] == b"\xff\xf3"  # a frame from the first byte: MPEG-2 layer III
     assert len(data) > 10 * MP3_FRAME_BYTES  # so the 100 and 200 byte cuts hold no frame
-    with httpx.Client(base_url=live.base_url, timeout=DEADLINE_S) as http:
+    with patient_http(live) as http:
         response = http.post(
             TRANSCRIPTIONS,
             data={"model": "whisper-1"},
@@ -500,20 +505,21 @@ def test_a_half_mp3_is_its_first_half(live: LiveServer) -> None:
 
 def test_a_prompt_of_5_mb_is_answered_in_time(live: LiveServer) -> None:
     """Whisper keeps the last 223 tokens of a prompt; a long one costs no more than that."""
-    with httpx.Client(base_url=live.base_url, timeout=DEADLINE_S) as http:
+    with patient_http(live) as http:
         started = time.monotonic()
         response = http.post(
             TRANSCRIPTIONS,
             data={"model": "whisper-1", "prompt": "word " * 1_000_000},
             files={"file": ("a.wav", wav())},
         )
-        assert time.monotonic() - started < DEADLINE_S
+        elapsed = time.monotonic() - started
+    assert elapsed < QUICK_S, f"answered in {elapsed:.1f} s"
     assert response.status_code == 200, response.text
     assert response.json()["text"].lower().startswith("the boy was there")
 
 
 def test_after_the_corpus_the_server_still_transcribes_and_speaks(live: LiveServer) -> None:
-    with httpx.Client(base_url=live.base_url, timeout=60) as http:
+    with patient_http(live) as http:
         assert http.get("/ready").status_code == 200
         heard = http.post(
             TRANSCRIPTIONS, data={"model": "whisper-1"}, files={"file": ("a.wav", wav())}

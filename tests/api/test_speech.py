@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from tests.conftest import LiveServer
+from tests.patience import patient_http
 from tests.speech import decode_native, word_error_rate
 
 VOICES = ("alloy", "echo", "fable", "onyx", "nova", "shimmer")
@@ -43,7 +44,7 @@ ENGINES = {"alloy": "hibari:embedded:heart", "echo": "piper:embedded:joe"}
 
 def batch_counts(server: LiveServer, engine: str) -> tuple[float, float]:
     """(model calls, sentences in them) of one engine so far, from /metrics."""
-    with server.http() as http:
+    with patient_http(server) as http:
         text = http.get("/metrics").text
     label = re.escape(engine)
     count = re.search(rf'voxserve_batch_size_count\{{model="{label}"\}} (\S+)', text)
@@ -53,7 +54,7 @@ def batch_counts(server: LiveServer, engine: str) -> tuple[float, float]:
 
 
 def speech(server: LiveServer, **body: Any) -> httpx.Response:
-    with server.http() as http:
+    with patient_http(server) as http:
         return http.post("/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", **body})
 
 
@@ -118,7 +119,7 @@ def test_voice_object_and_instructions_are_accepted(server: LiveServer) -> None:
 
 def test_the_first_bytes_arrive_before_the_input_is_spoken(server: LiveServer) -> None:
     text = " ".join([PARAGRAPH] * 4)  # twelve sentences
-    with server.http() as http:
+    with patient_http(server) as http:
         started = time.perf_counter()
         first = 0.0
         chunks = 0
@@ -137,7 +138,7 @@ def test_the_first_bytes_arrive_before_the_input_is_spoken(server: LiveServer) -
 
 def test_sse_sends_deltas_then_done_with_the_same_audio(server: LiveServer) -> None:
     expected = pcm(server, PARAGRAPH, voice="onyx")
-    with server.http() as http:
+    with patient_http(server) as http:
         response = http.post(
             "/v1/audio/speech",
             json={
@@ -185,7 +186,7 @@ def test_eight_concurrent_requests_give_the_audio_of_one_alone(
 
 
 def test_voices_lists_each_models_voices(server: LiveServer) -> None:
-    with server.http() as http:
+    with patient_http(server) as http:
         listing = http.get("/v1/audio/voices").json()
         one = http.get("/v1/audio/voices", params={"model": "tts-1-hd"}).json()
         missing = http.get("/v1/audio/voices", params={"model": "nope"})

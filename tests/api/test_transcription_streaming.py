@@ -9,6 +9,7 @@ import pytest
 
 from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer
+from tests.patience import patient_http
 from tests.speech import SENTENCES, spoken_wav
 
 
@@ -53,7 +54,7 @@ def test_stream_with_logprobs_sends_each_deltas_tokens(stt_client: openai.OpenAI
 
 def test_the_wire_format_is_sse_data_lines(stt_server: LiveServer) -> None:
     audio = spoken_wav(SENTENCES[4])
-    with stt_server.http() as http:
+    with patient_http(stt_server) as http:
         response = http.post(
             "/v1/audio/transcriptions",
             files={"file": ("a.wav", audio)},
@@ -80,7 +81,7 @@ def test_the_wire_format_is_sse_data_lines(stt_server: LiveServer) -> None:
 def test_a_bad_file_is_refused_before_the_stream_starts(
     stt_server: LiveServer, content: bytes, status: int, param: str
 ) -> None:
-    with stt_server.http() as http:
+    with patient_http(stt_server) as http:
         response = http.post(
             "/v1/audio/transcriptions",
             files={"file": ("a.wav", content)},

@@ -1,4 +1,10 @@
-"""A full queue answers 429 before reading the upload; a long wait answers 503."""
+"""A full queue answers 429 before reading the upload; a long wait answers 503.
+
+Nothing here races the clock but the refusal itself: the long request is known to be
+queued from ``/metrics``, not after a sleep, and every client waits with
+``PATIENCE_S`` (a 70 s clip transcribed window by window takes minutes on a busy
+machine: a 60 s client timeout lost its answer there).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,13 @@ from benchmarks.server_process import metric
 from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer, make_settings
 from tests.ops.rawhttp import post_without_body
-from tests.ops.test_disconnects import _wait_for
+from tests.patience import PATIENCE_S, patient_http, wait_for_metric, wait_until_ready
 from tests.speech import SENTENCES, spoken_wav
+
+REFUSAL_BOUND_S = 10.0
+"""A refusal before the upload takes milliseconds; 10 s is the bound on a busy machine.
+Its speed is the behaviour, but what proves the body was not read is that an answer
+comes at all while the body is never sent."""
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +34,15 @@ def one_place() -> Iterator[LiveServer]:
     settings = make_settings(
         speech_models=(), max_queue_size=1, max_batch_size=1, max_queue_time=1.0
     )
-    with LiveServer(settings) as live:
+    with LiveServer(settings, wait_until_ready=False) as live:
+        wait_until_ready(live)
         yield live
+
+
+def _openai(live: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{live.base_url}/v1", api_key="unused", max_retries=0, timeout=PATIENCE_S
+    )
 
 
 def _busy(live: LiveServer, wav: bytes) -> tuple[threading.Thread, list[httpx.Response]]:
@@ -32,7 +50,7 @@ def _busy(live: LiveServer, wav: bytes) -> tuple[threading.Thread, list[httpx.Re
     answers: list[httpx.Response] = []
 
     def post() -> None:
-        with live.http() as http:
+        with patient_http(live) as http:
             answers.append(
                 http.post(
                     "/v1/audio/transcriptions",
@@ -43,7 +61,7 @@ def _busy(live: LiveServer, wav: bytes) -> tuple[threading.Thread, list[httpx.Re
 
     thread = threading.Thread(target=post)
     thread.start()
-    _wait_for(live, "voxserve_queue_depth", 1, model="whisper-1")
+    wait_for_metric(live, "voxserve_queue_depth", 1, model="whisper-1")
     return thread, answers
 
 
@@ -53,19 +71,21 @@ def test_a_full_queue_refuses_before_the_upload_is_read(
     thread, answers = _busy(one_place, long_wav[0])
     try:
         # 20 MB announced, a few bytes sent: only an answer before the body can arrive.
-        raw = post_without_body(one_place.base_url, "/v1/audio/transcriptions", 20 << 20)
+        raw = post_without_body(
+            one_place.base_url, "/v1/audio/transcriptions", 20 << 20, timeout=PATIENCE_S
+        )
         with pytest.raises(openai.RateLimitError) as caught:
-            one_place.openai().audio.transcriptions.create(
+            _openai(one_place).audio.transcriptions.create(
                 model="whisper-1", file=("a.wav", spoken_wav(SENTENCES[0]))
             )
     finally:
         thread.join()
-    assert raw.status == 429 and raw.seconds < 1.0, raw
+    assert raw.status == 429 and raw.seconds < REFUSAL_BOUND_S, raw
     assert int(raw.headers["retry-after"]) >= 1
     assert b'"code":"queue_full"' in raw.body
     assert caught.value.status_code == 429
-    assert answers[0].status_code == 200  # the one admitted is served in full
-    with one_place.http() as http:  # and its place is free again
+    assert [a.status_code for a in answers] == [200]  # the one admitted is served in full
+    with patient_http(one_place) as http:  # and its place is free again
         after = http.post(
             "/v1/audio/transcriptions",
             files={"file": ("a.wav", spoken_wav(SENTENCES[0]))},
@@ -80,10 +100,11 @@ def test_a_request_that_waits_past_max_queue_time_gets_503(long_wav: tuple[bytes
     settings = make_settings(
         speech_models=(), max_queue_size=4, max_batch_size=1, max_queue_time=0.3
     )
-    with LiveServer(settings) as live:
+    with LiveServer(settings, wait_until_ready=False) as live:
+        wait_until_ready(live)
         thread, answers = _busy(live, long_wav[0])
         try:
-            with live.http() as http:
+            with patient_http(live) as http:
                 late = http.post(
                     "/v1/audio/transcriptions",
                     files={"file": ("a.wav", spoken_wav(SENTENCES[0]))},
@@ -91,13 +112,14 @@ def test_a_request_that_waits_past_max_queue_time_gets_503(long_wav: tuple[bytes
                 )
         finally:
             thread.join()
-        metrics = httpx.get(f"{live.base_url}/metrics").text
+        with patient_http(live) as http:
+            metrics = http.get("/metrics").text
     assert_error(late, 503, None, "waited longer than 0.3 s")
     assert late.json()["error"]["code"] == "queue_timeout"
     assert int(late.headers["retry-after"]) >= 1
     # The long request's own windows queue behind each other for longer than 0.3 s, but
     # it was being served: the timeout bounds the wait for service, not the work.
-    assert answers[0].status_code == 200
+    assert [a.status_code for a in answers] == [200]
     assert (
         metric(metrics, "voxserve_rejections_total", model="whisper-1", reason="queue_timeout") == 1
     )
