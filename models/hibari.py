@@ -8,7 +8,10 @@ pieces (G2P, vocab, ``dsp.synth``) around a session from
 :func:`models.onnx_session.onnx_session`.
 
 The graph takes one phoneme sequence (``ids`` [1, L]): there is no batch axis,
-so every call speaks one item. The only randomness is the DSP's noise branch,
+so every call speaks one item, a piece of at most :data:`MAX_PHONEMES` phonemes, and
+fewer at a slow pace: one call makes at most ``max_pass_seconds`` of audio (estimated
+by :data:`PACE`), which bounds its memory (~5 MiB a second, host DSP included) at
+``speed`` 0.25 too. The only randomness is the DSP's noise branch,
 drawn from a generator seeded by the item, so equal items give equal audio.
 
 :func:`split_phonemes`, :func:`phonemize` and :func:`phoneme_vocab` also serve the Kokoro backend,
@@ -27,11 +30,17 @@ from typing import Any
 import numpy as np
 
 from models.base import AudioArray, Speaker, SpeechItem
-from models.onnx_session import onnx_session
+from models.onnx_session import MAX_PASS_SECONDS, Pace, onnx_session, release_memory
 
 SAMPLE_RATE = 24_000
 MAX_PHONEMES = 400
 """hibari's own limit (``hibari.tts.MAX_PHONEMES``): longer pieces leave its training range."""
+PACE = Pace(base_s=0.7, per_unit_s=0.085, frame_s=0.0125)
+"""Seconds of audio per piece of phonemes at speed 1, an upper estimate. Measured with the
+"heart" voice on pieces of 3-203 phonemes cut from hostile text: at most 0.7 s + 0.081 s
+a phoneme ("i.e., " repeated; a run of one vowel), ~0.06 s a phoneme in ordinary prose."""
+MIN_PIECE_PHONEMES = 8
+"""Pieces are never cut shorter than this, however small the pass budget."""
 
 MAX_WORD = 32
 """Longer runs without spaces are cut before the G2P: it merges a word's subtokens in
@@ -146,12 +155,20 @@ class HibariBackend:
     max_batch_size = 1
 
     def __init__(
-        self, model_path: str, *, british: bool = False, device: str = "cpu", cpu_threads: int = 1
+        self,
+        model_path: str,
+        *,
+        british: bool = False,
+        device: str = "cpu",
+        cpu_threads: int = 1,
+        max_pass_seconds: float = MAX_PASS_SECONDS,
     ) -> None:
         self.model_path = model_path
         self.british = british
         self.device = device
         self.cpu_threads = cpu_threads
+        self.max_pass_seconds = max_pass_seconds
+        """Estimated audio one graph call may make: pieces are cut to fit it."""
         self._session: Any = None
         self._g2p: Any = None
         self._vocab: dict[str, int] = {}
@@ -173,21 +190,29 @@ class HibariBackend:
         return None
 
     def synthesize_batch(self, items: Sequence[SpeechItem]) -> list[AudioArray]:
-        return [self._synthesize(item) for item in items]
+        audio = [self._synthesize(item) for item in items]
+        release_memory(sum(len(samples) for samples in audio) / self.sample_rate)
+        return audio
 
     def _synthesize(self, item: SpeechItem) -> AudioArray:
         if self._session is None:
             raise RuntimeError("HibariBackend.load() was not called")
         self.check_speaker(item.speaker)
         rng = np.random.default_rng(item.seed)
+        limit = self.max_phonemes(item.speed)
         parts = [
             self._speak("".join(piece), item.speed, rng)
             for sentence in _sentences(item.text)
-            for piece in split_phonemes(self._phonemes(sentence), MAX_PHONEMES)
+            for piece in split_phonemes(self._phonemes(sentence), limit)
         ]
         if not parts:
             return np.zeros(0, np.float32)
         return np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32, copy=False)
+
+    def max_phonemes(self, speed: float) -> int:
+        """The longest piece, in phonemes, that one call may speak at ``speed``."""
+        fits = PACE.max_units(self.max_pass_seconds, speed, least=MIN_PIECE_PHONEMES)
+        return min(MAX_PHONEMES, fits)
 
     def _phonemes(self, text: str) -> str:
         """The G2P's phonemes with characters the model has no id for dropped."""

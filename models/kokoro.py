@@ -3,7 +3,9 @@
 The graph takes one phoneme sequence, ``tokens`` [1, L] with a 0 at both ends
 (at most 512 ids, so 510 phonemes), a ``style`` [1, 256] and a ``speed`` [1]; it
 returns ``audio`` [T] at 24 kHz. There is no batch axis, so every call speaks
-one item.
+one item, a piece of at most :data:`MAX_PHONEMES` phonemes, and fewer at a slow pace:
+one call makes at most ``max_pass_seconds`` of audio (estimated by :data:`PACE`), which
+bounds its memory (~25 MiB a second; 100 s at ``speed`` 0.25 took 2.5 GB).
 
 A voice is a (510, 1, 256) array of style vectors, one per phoneme count: a piece
 of n phonemes uses row ``n - 1``, as Kokoro's own pipeline (``pack[len(ps) - 1]``)
@@ -29,11 +31,17 @@ import numpy.typing as npt
 
 from models.base import AudioArray, Speaker, SpeechItem
 from models.hibari import phoneme_vocab, phonemize, split_phonemes
-from models.onnx_session import onnx_session
+from models.onnx_session import MAX_PASS_SECONDS, Pace, onnx_session, release_memory
 
 SAMPLE_RATE = 24_000
 MAX_PHONEMES = 510
 """512 token positions, less the two 0 pads."""
+PACE = Pace(base_s=1.0, per_unit_s=0.1, frame_s=0.025)
+"""Seconds of audio per piece of phonemes at speed 1, an upper estimate. Measured with the
+int8 export and ``jm_kumo`` on pieces of 4-60 phonemes cut from hostile text: at most
+0.8 s + 0.1 s a phoneme for the shortest (a lone "A"), 0.07 s a phoneme for the longest."""
+MIN_PIECE_PHONEMES = 8
+"""Pieces are never cut shorter than this, however small the pass budget."""
 
 
 class KokoroBackend:
@@ -43,12 +51,20 @@ class KokoroBackend:
     max_batch_size = 1
 
     def __init__(
-        self, model_path: str, voices_path: str, *, device: str = "cpu", cpu_threads: int = 1
+        self,
+        model_path: str,
+        voices_path: str,
+        *,
+        device: str = "cpu",
+        cpu_threads: int = 1,
+        max_pass_seconds: float = MAX_PASS_SECONDS,
     ) -> None:
         self.model_path = model_path
         self.voices_path = voices_path
         self.device = device
         self.cpu_threads = cpu_threads
+        self.max_pass_seconds = max_pass_seconds
+        """Estimated audio one graph call may make: pieces are cut to fit it."""
         self._session: Any = None
         self._voices: dict[str, npt.NDArray[np.float32]] = {}
         self._g2p: dict[bool, Any] = {}
@@ -87,7 +103,9 @@ class KokoroBackend:
         return None
 
     def synthesize_batch(self, items: Sequence[SpeechItem]) -> list[AudioArray]:
-        return [self._synthesize(item) for item in items]
+        audio = [self._synthesize(item) for item in items]
+        release_memory(sum(len(samples) for samples in audio) / self.sample_rate)
+        return audio
 
     def _synthesize(self, item: SpeechItem) -> AudioArray:
         if self._session is None:
@@ -99,11 +117,16 @@ class KokoroBackend:
         phonemes = [ch for ch in phonemize(g2p, item.text) if ch in self._vocab]
         parts = [
             self._speak([self._vocab[ch] for ch in piece], styles, item.speed)
-            for piece in split_phonemes(phonemes, MAX_PHONEMES)
+            for piece in split_phonemes(phonemes, self.max_phonemes(item.speed))
         ]
         if not parts:
             return np.zeros(0, np.float32)
         return np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32, copy=False)
+
+    def max_phonemes(self, speed: float) -> int:
+        """The longest piece, in phonemes, that one call may speak at ``speed``."""
+        fits = PACE.max_units(self.max_pass_seconds, speed, least=MIN_PIECE_PHONEMES)
+        return min(MAX_PHONEMES, fits)
 
     def _speak(self, ids: list[int], styles: npt.NDArray[np.float32], speed: float) -> AudioArray:
         (audio,) = self._session.run(

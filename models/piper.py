@@ -13,7 +13,15 @@ to ~1e-4 (about 4 LSB of 16-bit audio): the decoder has no mask, and its
 convolutions see the padding's bias after the row's end. Elsewhere rows agree to
 ~3e-5 (different GEMM shapes), far below hearing. On a CPU padding costs more
 than batching saves, so there only rows of equal length share a pass
-(:data:`CPU_MAX_PADDING`); on a GPU a batch is one pass.
+(:data:`CPU_MAX_PADDING`); on a GPU a batch is one pass, up to the bounds below.
+
+What a pass costs in memory is its audio: ~20 MiB a second on a CPU, for every row
+padded to the longest. A request of a hundred short clauses (``"A. " * 200``: espeak-ng
+reads each initial as a clause) is a hundred rows of equal length, and ``speed`` 0.25
+makes each four times as long: one pass of that took 3 GB. So a pass holds at most
+``max_pass_seconds`` of audio (rows times the longest row, estimated from the ids by
+:data:`PACE` before the run, see :func:`plan_passes`), and rows are cut short enough
+(:meth:`PiperBackend.max_phonemes`) that one row alone fits it at the request's pace.
 
 ``piper.PiperVoice`` is kept for its config, phonemizer and id map only; its
 ``synthesize`` normalizes each sentence to full scale, which would make loudness
@@ -36,18 +44,27 @@ import select
 import subprocess
 import sys
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from models.base import AudioArray, Speaker, SpeechItem
 from models.hibari import split_phonemes, split_pieces
-from models.onnx_session import onnx_session
+from models.onnx_session import MAX_PASS_SECONDS, Pace, onnx_session, release_memory
 
 MAX_PHONEMES = 400
 """Longer sentences are cut (at clauses, else words) so that rows and memory stay bounded."""
 MAX_PASS_IDS = 16 * 512
 """Padded phoneme ids one forward pass may hold; more rows take several passes."""
+PACE = Pace(base_s=0.3, per_unit_s=0.045, frame_s=256 / 22_050)
+"""Seconds of audio per row of phoneme ids at ``speed / length_scale`` 1, an upper estimate.
+Measured with en_US-joe-medium on 467 rows of 13-461 ids cut from hostile text (initials,
+"Oh!", letters, digits, ellipses, dashes, one long word): at most 0.3 s + 0.042 s an id
+(pauses: "Well, — um — so, — yes"); ordinary sentences are ~0.027 s an id. Its frame is
+joe's (hop 256 at 22.05 kHz); :attr:`PiperBackend.estimate` uses each voice's own."""
+MIN_PIECE_PHONEMES = 8
+"""Rows are never cut shorter than this, however small the pass budget."""
 CPU_MAX_PADDING = 0.0
 """On a CPU a padded frame costs as much as a spoken one and one pass over many rows
 saves little, so only rows of equal length share a pass there. Measured on 2 cores
@@ -78,6 +95,7 @@ class PiperBackend:
         cpu_threads: int = 1,
         noise_scale: float | None = None,
         noise_w_scale: float | None = None,
+        max_pass_seconds: float = MAX_PASS_SECONDS,
     ) -> None:
         self.model_path = model_path
         self.config_path = config_path
@@ -90,6 +108,8 @@ class PiperBackend:
         self._phonemizer: _Phonemizer | None = None
         self.max_padding = CPU_MAX_PADDING if device == "cpu" else float("inf")
         """Padded ids over real ids, less one, that a forward pass may carry."""
+        self.max_pass_seconds = max_pass_seconds
+        """Estimated audio (rows times the longest row) one forward pass may make."""
 
     # -- loading -------------------------------------------------------------------
 
@@ -164,33 +184,50 @@ class PiperBackend:
         if len(keys) != 1:
             raise ValueError("items with different batch keys cannot share a batch")
         speaker, speed = keys.pop()
+        limit = self.max_phonemes(speed)
         rows = [
             (index, position, ids)
             for index, item in enumerate(items)
-            for position, ids in enumerate(self._rows(item.text))
+            for position, ids in enumerate(self._rows(item.text, limit))
         ]
         rows.sort(key=lambda row: len(row[2]))  # similar lengths share a pass: less padding
         audio: dict[tuple[int, int], AudioArray] = {}
-        start = 0
-        while start < len(rows):
-            end, real = start + 1, len(rows[start][2])
-            while end < len(rows):
-                longest, count = len(rows[end][2]), end - start + 1
-                padded, real_after = count * longest, real + longest
-                if padded > MAX_PASS_IDS or padded > (1 + self.max_padding) * real_after:
-                    break
-                end, real = end + 1, real_after
-            chunk = rows[start:end]
-            spoken = self._run([ids for _, _, ids in chunk], speaker, speed)
-            for (index, position, _), samples in zip(chunk, spoken, strict=True):
+        for chunk in self.plan([len(ids) for _, _, ids in rows], speed):
+            picked = rows[chunk.start : chunk.stop]
+            spoken = self._run([ids for _, _, ids in picked], speaker, speed)
+            for (index, position, _), samples in zip(picked, spoken, strict=True):
                 audio[index, position] = samples
-            start = end
         parts: list[list[AudioArray]] = [[] for _ in items]
         for index, position in sorted(audio):  # each item's pieces back in reading order
             parts[index].append(audio[index, position])
+        release_memory(sum(len(samples) for samples in audio.values()) / self.sample_rate)
         return [_join(samples) for samples in parts]
 
-    def _rows(self, text: str) -> list[list[int]]:
+    @property
+    def estimate(self) -> Pace:
+        """:data:`PACE` with this voice's frame (``hop_length`` samples)."""
+        return replace(PACE, frame_s=int(self.config.hop_length) / self.sample_rate)
+
+    def pace(self, speed: float) -> float:
+        """The pace :data:`PACE` is read at: ``speed`` over the voice's ``length_scale``."""
+        return speed / float(self.config.length_scale)
+
+    def max_phonemes(self, speed: float) -> int:
+        """The longest row, in phonemes, that alone fits a pass at ``speed``.
+
+        A row is ~2 ids a phoneme (each phoneme is followed by a pad id) and 3 more
+        (start, pad, end). With a 15 s budget: 161 phonemes at speed 1 (~8 s of ordinary
+        speech, ~25 words), 36 at speed 0.25.
+        """
+        ids = self.estimate.max_units(self.max_pass_seconds, self.pace(speed))
+        return min(MAX_PHONEMES, max(MIN_PIECE_PHONEMES, (ids - 3) // 2))
+
+    def plan(self, lengths: Sequence[int], speed: float) -> list[range]:
+        """:func:`plan_passes` for rows of ``lengths`` ids at ``speed`` on this voice."""
+        budget = PassBudget(MAX_PASS_IDS, self.max_pass_seconds, self.max_padding)
+        return plan_passes(lengths, budget, self.pace(speed), self.estimate)
+
+    def _rows(self, text: str, max_phonemes: int = MAX_PHONEMES) -> list[list[int]]:
         """Phoneme ids per sentence of ``text``, long sentences cut into pieces."""
         voice = self._voice
         assert self._phonemizer is not None
@@ -199,7 +236,7 @@ class PiperBackend:
         text = _EMOJI.sub(" ", text).encode("utf-8", "ignore").decode("utf-8")  # no surrogates
         for sentence in self._phonemizer(text):
             phonemes = [phoneme for phoneme in sentence if phoneme in known]
-            for piece in split_phonemes(phonemes, MAX_PHONEMES):
+            for piece in split_phonemes(phonemes, max_phonemes):
                 rows.append(list(voice.phonemes_to_ids(piece)))
         return rows
 
@@ -222,6 +259,53 @@ class PiperBackend:
             frames = int(np.rint(widths[i].reshape(-1)[:length].sum()))
             out.append(np.asarray(audio[i].reshape(-1)[: frames * hop], dtype=np.float32))
         return out
+
+
+@dataclass(frozen=True)
+class PassBudget:
+    """What one forward pass may hold."""
+
+    ids: int
+    """Padded phoneme ids: rows times the longest row."""
+    seconds: float
+    """Estimated audio (:data:`PACE`): rows times the longest row's."""
+    padding: float
+    """Padded ids over real ids, less one."""
+
+
+def plan_passes(
+    lengths: Sequence[int], budget: PassBudget, pace: float, estimate: Pace = PACE
+) -> list[range]:
+    """Consecutive runs of rows that share a forward pass, for rows of ``lengths`` ids
+    spoken at ``pace`` (speed over ``length_scale``), their audio as ``estimate`` says;
+    sorted lengths pad least.
+
+    A run grows while it stays within every bound of ``budget``, every row padded to the
+    run's longest; every row is in exactly one run, and a row that alone is over a bound
+    runs alone (rows are cut beforehand so that this does not happen, see
+    :meth:`PiperBackend.max_phonemes`).
+    """
+    passes: list[range] = []
+    start = 0
+    while start < len(lengths):
+        end, real, longest = start + 1, lengths[start], lengths[start]
+        while end < len(lengths):
+            count, wider, real_after = (
+                end - start + 1,
+                max(longest, lengths[end]),
+                real + lengths[end],
+            )
+            padded = count * wider
+            if (
+                padded > budget.ids
+                or padded > (1 + budget.padding) * real_after
+                or count * estimate.seconds(wider, pace) > budget.seconds
+            ):
+                break
+            end, real, longest = end + 1, real_after, wider
+        passes.append(range(start, end))
+        start = end
+    return passes
 
 
 def _join(parts: list[AudioArray]) -> AudioArray:

@@ -166,18 +166,27 @@ def _hibari_voice(reference: str) -> tuple[Path, bool]:
         raise ModelLoadError(f"could not fetch hibari voice {name!r}: {exc}") from exc
 
 
-def build_speech_backend(spec: EngineSpec, cache_dir: str | None = None) -> TextToSpeechBackend:
-    """A backend for ``spec``, not yet loaded (loading belongs to its worker thread)."""
-    from models.onnx_session import onnx_cuda_available
+def build_speech_backend(
+    spec: EngineSpec, cache_dir: str | None = None, *, max_pass_seconds: float | None = None
+) -> TextToSpeechBackend:
+    """A backend for ``spec``, not yet loaded (loading belongs to its worker thread).
+
+    ``max_pass_seconds`` bounds the audio, and so the memory, of one forward pass
+    (see :mod:`models.onnx_session`); ``None`` is the backends' default.
+    """
+    from models.onnx_session import MAX_PASS_SECONDS, onnx_cuda_available
 
     wants = spec.device or "auto"
     device = "cuda" if wants == "cuda" or (wants == "auto" and onnx_cuda_available()) else "cpu"
     threads = spec.cpu_threads or available_cpus()
+    budget = MAX_PASS_SECONDS if max_pass_seconds is None else max_pass_seconds
     if spec.backend == "hibari":
         from models.hibari import HibariBackend
 
         path, british = _hibari_voice(spec.weights)
-        return HibariBackend(str(path), british=british, device=device, cpu_threads=threads)
+        return HibariBackend(
+            str(path), british=british, device=device, cpu_threads=threads, max_pass_seconds=budget
+        )
     if spec.backend == "piper":
         from models.piper import PiperBackend
 
@@ -192,6 +201,7 @@ def build_speech_backend(spec: EngineSpec, cache_dir: str | None = None) -> Text
             cpu_threads=threads,
             noise_scale=spec.noise_scale,
             noise_w_scale=spec.noise_w_scale,
+            max_pass_seconds=budget,
         )
     from models.kokoro import KokoroBackend
 
@@ -202,4 +212,5 @@ def build_speech_backend(spec: EngineSpec, cache_dir: str | None = None) -> Text
         str(resolve_file(spec.voices, "kokoro voices", cache_dir)),
         device=device,
         cpu_threads=threads,
+        max_pass_seconds=budget,
     )

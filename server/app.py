@@ -147,9 +147,8 @@ async def _start_voices(
 
 
 async def _start_engine(state: Runtime, spec: EngineSpec, name: str) -> SpeechEngine:
-    backend = await anyio.to_thread.run_sync(
-        build_speech_backend, spec, state.settings.model_cache_dir
-    )
+    build = partial(build_speech_backend, max_pass_seconds=state.settings.speech_max_pass_seconds)
+    backend = await anyio.to_thread.run_sync(build, spec, state.settings.model_cache_dir)
     config = state.settings.speech_config()
     config = msgspec.structs.replace(
         config, max_batch_size=min(config.max_batch_size, backend.max_batch_size)

@@ -169,6 +169,61 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         ),
     ] = 8 << 30
 
+    # -- speech memory --
+    speech_max_pass_seconds: Annotated[
+        float,
+        _doc(
+            "Audio one text-to-speech forward pass may make (rows times the longest row, "
+            "estimated from the phonemes): bounds its memory, ~20 MiB a second on Piper "
+            "and ~25 on Kokoro. Longer pieces are cut and more rows take more passes."
+        ),
+    ] = 15.0
+
+    # -- connections, before a request reaches the app --
+    max_request_line_bytes: Annotated[
+        int,
+        _doc(
+            "Longest request target (path and query) in a request line; longer gets 414. "
+            "Checked before the API key, while the line is read."
+        ),
+    ] = 8192
+    max_header_bytes: Annotated[
+        int,
+        _doc(
+            "Most bytes of header fields in one request (beyond the request line); more gets "
+            "431. Counted as they arrive, so an endless header costs no memory."
+        ),
+    ] = 65536
+    header_timeout_seconds: Annotated[
+        float,
+        _doc(
+            "Time a connection may take to send a request's line and headers, from its "
+            "first byte (from the connect, for the first request); then it is closed."
+        ),
+    ] = 15.0
+    body_idle_timeout_seconds: Annotated[
+        float,
+        _doc(
+            "An upload that sends no byte for this long is cut off; a slow upload that "
+            "keeps sending is not (an idle timeout, not a deadline)."
+        ),
+    ] = 60.0
+    send_timeout_seconds: Annotated[
+        float,
+        _doc(
+            "A response the client stops reading for this long is cut off, and its queue "
+            "place freed."
+        ),
+    ] = 60.0
+    max_connections: Annotated[
+        int,
+        _doc(
+            "Open connections at most; the open-file limit (raised to its hard limit at "
+            "start) lowers it, keeping 1/8 in reserve. When full, the oldest connection "
+            "still sending its headers (or idle between requests) is closed for the new one."
+        ),
+    ] = 10000
+
     def __post_init__(self) -> None:
         # A catalog left at its default (the very same object, not an equal one a config
         # spelled out) is the preset's.
@@ -198,6 +253,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             raise ValueError("public_paths must be absolute paths")
         if self.max_audio_seconds <= 0:
             raise ValueError("max_audio_seconds must be positive")
+        if not 1.0 <= self.speech_max_pass_seconds <= 600.0:
+            raise ValueError("speech_max_pass_seconds must be between 1 and 600")
+        for name in ("max_request_line_bytes", "max_header_bytes", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("header_timeout_seconds", "body_idle_timeout_seconds", "send_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
 
     def scheduler_config(self, model: CatalogModel) -> SchedulerConfig:
         def pick(own: Any, default: Any) -> Any:

@@ -117,7 +117,7 @@ class SpeechService:
         items = iter(
             SpeechItem(text, speaker=voice.speaker, speed=speed * voice.speed) for text in sentences
         )
-        with scheduler.admit() as ticket:
+        with scheduler.admit(work=sum(len(text) for text in sentences)) as ticket:
             pending: deque[asyncio.Future[AudioArray]] = deque()
             try:
                 _top_up(pending, items, scheduler, ticket, 1)

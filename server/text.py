@@ -9,6 +9,11 @@ streaming work: the first piece is synthesized, and can be sent, while the rest 
 short pieces from many requests fill a batch evenly instead of one long input holding it; and
 no piece exceeds what a model can say in one pass (its phoneme or token limit). Long
 sentences are cut at clause boundaries first, then at spaces, and only then mid-word.
+
+A piece never exceeds ``max_chars`` (:data:`MAX_PIECE_CHARS`), whatever holds a sentence
+together: an abbreviation or an initial does not end a sentence ("Dr. Smith", "J. K."), so
+``"A. " * 1365`` is one sentence of 4095 characters, and is cut like any long one. The
+backends bound what such a piece costs (many short clauses, slow speech) themselves.
 Numbers, currency and pronunciation are left to the backends.
 """
 
@@ -19,6 +24,8 @@ import unicodedata
 from collections.abc import Iterator
 
 MAX_INPUT_CHARS = 4096
+MAX_PIECE_CHARS = 300
+"""The longest piece :func:`split_sentences` returns by default (~20 s of speech at speed 1)."""
 
 # Control, format (zero-width, bidi, tag), surrogate, private-use and unassigned code points.
 _UNSPEAKABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
@@ -122,7 +129,7 @@ def _strip_markup(text: str) -> str:
 
 
 def split_sentences(
-    text: str, *, max_chars: int = 300, first_max_chars: int | None = None
+    text: str, *, max_chars: int = MAX_PIECE_CHARS, first_max_chars: int | None = None
 ) -> list[str]:
     """Sentences of ``text``, each cut into pieces of at most ``max_chars`` characters.
 

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 
 from models.base import AudioArray, Speaker, SpeechItem, TextToSpeechBackend, TranscriptionItem
+from models.hibari import MAX_PHONEMES as HIBARI_MAX_PHONEMES
 from models.hibari import HibariBackend, phoneme_vocab, phonemize, split_phonemes
 from models.kokoro import MAX_PHONEMES as KOKORO_MAX_PHONEMES
 from models.kokoro import KokoroBackend
-from models.piper import PiperBackend
+from models.onnx_session import MAX_PASS_SECONDS, TRIM_AFTER_SECONDS, release_memory
+from models.piper import MAX_PASS_IDS, PACE, PassBudget, PiperBackend, plan_passes
+from models.voices import HEART, JOE, build_speech_backend
 from models.whisper_ct2 import WhisperCT2Backend
 from tests.models.conftest import to_16k
 from tests.speech import SENTENCES, wav_bytes, word_error_rate
@@ -176,6 +179,7 @@ def test_a_piper_batch_sounds_like_each_sentence_alone(
     piper: PiperBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(piper, "max_padding", float("inf"))  # one pass, as on a GPU
+    monkeypatch.setattr(piper, "max_pass_seconds", 600.0)  # with a budget for it
     texts = ["Hi.", *SENTENCES[:4], "Yes. Please call Stella and ask her to come."]
     items = [SpeechItem(text) for text in texts]
     alone = [piper.synthesize_batch([item])[0] for item in items]
@@ -203,6 +207,100 @@ def test_piper_survives_text_that_crashes_espeak(piper: PiperBackend) -> None:
     audio = Voice(piper).speak("i.e., " * 60, speed=4.0)
     assert len(audio) > 0
     assert Voice(piper).seconds(Voice(piper).speak("Still here.")) > 0.3
+
+
+# -- memory: the audio of one forward pass is bounded ------------------------------
+# A pass costs ~20 MiB per second of audio it makes (rows times the longest row): a
+# hundred initials at speed 0.25 in one pass took 3 GB, and onnxruntime kept it.
+
+
+def test_passes_are_planned_within_every_bound() -> None:
+    budget = PassBudget(ids=MAX_PASS_IDS, seconds=15.0, padding=0.0)
+    slow = plan_passes([11] * 100, budget, 0.25)  # "A. " * 100 at speed 0.25
+    assert [row for run in slow for row in run] == list(range(100))  # each once, in order
+    assert len(slow) > 1
+    assert all(len(run) * PACE.seconds(11, 0.25) <= budget.seconds for run in slow)
+    fast = plan_passes([11] * 100, budget, 4.0)
+    assert len(fast) < len(slow)
+    assert all(len(run) * 11 <= MAX_PASS_IDS for run in fast)
+    # no padding on a CPU: rows of other lengths do not share; a GPU may pad
+    assert plan_passes([10, 10, 12], budget, 1.0) == [range(0, 2), range(2, 3)]
+    gpu = PassBudget(ids=MAX_PASS_IDS, seconds=15.0, padding=float("inf"))
+    assert plan_passes([12, 10, 10], gpu, 1.0) == [range(0, 3)]
+    # a row over a bound alone still runs, alone
+    assert plan_passes([400, 400], PassBudget(500, 15.0, 0.0), 1.0) == [range(0, 1), range(1, 2)]
+
+
+def test_slow_piper_speech_of_many_clauses_runs_in_passes_within_budget(
+    piper: PiperBackend,
+) -> None:
+    rows = piper._rows("A. " * 24, piper.max_phonemes(0.25))
+    assert len(rows) == 24  # espeak-ng reads each initial as a clause: equal rows
+    passes = piper.plan([len(ids) for ids in rows], 0.25)
+    assert len(passes) > 1
+    for run in passes:
+        audio = piper._run([rows[i] for i in run], None, 0.25)
+        longest = max(len(samples) for samples in audio) / piper.sample_rate
+        assert len(run) * longest <= piper.max_pass_seconds
+    # planned or not, the answer is the same speech
+    (batched,) = piper.synthesize_batch([SpeechItem("A. " * 24, speed=0.25)])
+    assert len(batched) / piper.sample_rate > 24  # ~1.5 s a clause at this pace
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Well, — um — so, — yes, — well, — um.",
+        "Oh! Oh!",
+        "A, B, C, D, E, F, G, H.",
+        "12345 67",
+        "x" * 150,
+    ],
+)
+def test_piper_pace_estimate_stays_above_the_audio(piper: PiperBackend, text: str) -> None:
+    # the bound is only as good as the estimate: pauses and letters are its worst cases,
+    # and at speed 4 every id still takes a whole frame
+    for speed in (1.0, 4.0):
+        for ids in piper._rows(text):
+            (audio,) = piper._run([ids], None, speed)
+            assert len(audio) / piper.sample_rate <= piper.estimate.seconds(len(ids), speed)
+
+
+def test_slow_speech_is_cut_into_pieces_that_fit_one_pass(
+    piper: PiperBackend, hibari: HibariBackend, kokoro: KokoroBackend
+) -> None:
+    for backend in (piper, hibari, kokoro):
+        assert backend.max_pass_seconds == MAX_PASS_SECONDS
+        assert backend.max_phonemes(0.25) < backend.max_phonemes(1.0)
+    assert kokoro.max_phonemes(1.0) < kokoro.max_phonemes(4.0) <= KOKORO_MAX_PHONEMES
+    text = LONG_RUN_ON[:600]
+    longest = max(piper._rows(text, piper.max_phonemes(0.25)), key=len)
+    (audio,) = piper._run([longest], None, 0.25)
+    assert len(audio) / piper.sample_rate <= piper.max_pass_seconds
+    # hibari's 400 phonemes at speed 0.25 were ~90 s of audio in one call
+    assert hibari.max_phonemes(0.25) < HIBARI_MAX_PHONEMES
+    pieces = split_phonemes(hibari._phonemes(text), hibari.max_phonemes(0.25))
+    longest_piece: list[str] = max(pieces, key=len)
+    audio = hibari._speak("".join(longest_piece), 0.25, np.random.default_rng(0))
+    assert len(audio) / hibari.sample_rate <= hibari.max_pass_seconds
+    # Kokoro, slow on a CPU: one piece at its limit
+    phonemes = [ch for ch in phonemize(kokoro._g2p[False], text) if ch in kokoro._vocab]
+    piece = split_phonemes(phonemes, kokoro.max_phonemes(0.25))[0]
+    styles = kokoro._voices["jm_kumo"]
+    audio = kokoro._speak([kokoro._vocab[ch] for ch in piece], styles, 0.25)
+    assert len(audio) / kokoro.sample_rate <= kokoro.max_pass_seconds
+
+
+def test_the_heap_is_trimmed_only_after_calls_that_made_much_audio() -> None:
+    assert not release_memory(TRIM_AFTER_SECONDS - 0.1)  # small calls: ~6 ms saved
+    assert release_memory(TRIM_AFTER_SECONDS)  # glibc here, as in the image
+
+
+def test_the_pass_budget_reaches_the_backends() -> None:
+    for spec in (HEART, JOE):
+        backend = build_speech_backend(spec, max_pass_seconds=7.0)
+        assert isinstance(backend, HibariBackend | PiperBackend)
+        assert backend.max_pass_seconds == 7.0
 
 
 # -- intelligibility ---------------------------------------------------------------

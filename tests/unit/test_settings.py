@@ -63,6 +63,11 @@ def test_model_spec_fills_in_server_wide_hardware_defaults() -> None:
         ({"VOXSERVE_MODELS": '[{"id": "a"}, {"id": "a"}]'}, "unique"),
         ({"VOXSERVE_MODELS": '[{"id": "a", "wieghts": "x"}]'}, "wieghts"),
         ({"VOXSERVE_MODELS": "not json"}, "VOXSERVE_MODELS"),
+        ({"VOXSERVE_SPEECH_MAX_PASS_SECONDS": "0.5"}, "speech_max_pass_seconds"),
+        ({"VOXSERVE_SPEECH_MAX_PASS_SECONDS": "nan"}, "speech_max_pass_seconds"),
+        ({"VOXSERVE_MAX_HEADER_BYTES": "0"}, "max_header_bytes must be at least 1"),
+        ({"VOXSERVE_SEND_TIMEOUT_SECONDS": "0"}, "send_timeout_seconds must be positive"),
+        ({"VOXSERVE_HEADER_TIMEOUT_SECONDS": "nan"}, "header_timeout_seconds must be positive"),
     ],
 )
 def test_invalid_settings_say_what_is_wrong(env: dict[str, str], fragment: str) -> None:

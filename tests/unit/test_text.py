@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from server.text import MAX_INPUT_CHARS, normalize, split_sentences
+from server.text import MAX_INPUT_CHARS, MAX_PIECE_CHARS, normalize, split_sentences
 
 
 def _words(text: str) -> list[str]:
@@ -335,3 +335,37 @@ def test_random_prose_keeps_every_word_in_order() -> None:
         max_chars = rng.randint(12, 120)
         pieces = split_sentences(normalize(text), max_chars=max_chars)
         assert _words(" ".join(pieces)) == _words(text)
+
+
+HOSTILE = [
+    "A. " * 1365,  # every "A." an initial: no sentence ends in 4095 characters
+    "Dr. " * 1000,
+    "i.e., " * 680,
+    "Mr. Mrs. Ms. Prof. St. vs. etc. e.g. " * 110,
+    "J. K. R. T. " * 340,
+    "No. 5 " * 680,  # a number abbreviation before a number
+    "a." * 2048,
+    "x" * 4096,
+    "," * 4095 + "a",
+    "9" * 4096,
+    "\ufdfa" * 4096,  # NFKC writes this one character as 18
+    ("Well, \u2014 um \u2014 so, " * 200)[:4096],
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=lambda text: repr(text[:12]))
+def test_no_piece_exceeds_the_bound_whatever_holds_a_sentence_together(text: str) -> None:
+    # as the server splits a request: a short first piece, then pieces up to the default
+    normalized = normalize(text)
+    pieces = split_sentences(normalized, first_max_chars=120)
+    assert pieces and len(pieces[0]) <= 120
+    assert max(len(piece) for piece in pieces) <= MAX_PIECE_CHARS
+    assert len(pieces) >= len(_alnum(normalized)) // MAX_PIECE_CHARS  # nothing left whole
+    assert _alnum("".join(pieces)) == _alnum(normalized)
+
+
+def test_a_run_of_initials_is_cut_near_the_bound_between_initials() -> None:
+    pieces = split_sentences("A. " * 1365)
+    assert all(piece.startswith("A.") and piece.endswith("A.") for piece in pieces)
+    assert min(len(piece) for piece in pieces[:-1]) >= MAX_PIECE_CHARS - 3
+    assert MAX_PIECE_CHARS == 300  # ~20 s of speech at speed 1; the backends assume about this
