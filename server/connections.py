@@ -335,7 +335,8 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer = self.loop.call_later(
             self._limits.body_idle_timeout, self._body_idle_check
         )
-        self.scope.setdefault("extensions", {})[ABORT_EXTENSION] = self._abort_response
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions[ABORT_EXTENSION] = self._abort_response
         super().on_headers_complete()
 
     def _abort_response(self) -> None:

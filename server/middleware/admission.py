@@ -113,7 +113,7 @@ async def serve_until_cut(
             await asyncio.wait({handler}, timeout=CUT_GRACE_SECONDS)
         if handler.done() and not handler.cancelled() and handler.exception() is None:
             return  # it ended by itself, its error (if any) said in the stream
-        abort = scope.get("extensions", {}).get(ABORT_EXTENSION)
+        abort = (scope.get("extensions") or {}).get(ABORT_EXTENSION)
         if callable(abort):  # a cut transfer, not a short body that looks whole
             abort()
         logger.warning(
