@@ -48,17 +48,10 @@ from typing import Any
 import httpx
 
 from benchmarks.server_process import metric, rss_mb, serving
+from server.connections import REASONS
 
 PROBE_EVERY_S = 0.25
 PROBE_TIMEOUT_S = 5.0
-REASONS = (
-    "header_timeout",
-    "body_timeout",
-    "send_timeout",
-    "line_too_long",
-    "headers_too_large",
-    "shed",
-)
 
 
 def _log(message: str) -> None:

@@ -21,6 +21,7 @@ from models.windowing import (
     speech_probabilities,
     speech_timestamps,
 )
+from tests.cancel import StopAfter
 from tests.models.conftest import to_16k
 from tests.speech import SENTENCES, spoken_wav
 
@@ -92,18 +93,6 @@ def test_long_speech_is_cut_in_pauses_into_ordered_windows(long_wav: tuple[bytes
 
 def test_long_silence_gives_no_windows() -> None:
     assert plan_windows(np.zeros(45 * RATE, dtype=np.float32)) == []
-
-
-class StopAfter:
-    """A cancellation token that turns set on its ``looks``-th look: a client hanging up."""
-
-    def __init__(self, looks: int) -> None:
-        self.after = looks
-        self.looks = 0
-
-    def is_set(self) -> bool:
-        self.looks += 1
-        return self.looks >= self.after
 
 
 def _speech_minutes(minutes: float) -> np.ndarray:

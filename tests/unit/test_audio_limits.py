@@ -24,6 +24,7 @@ import pytest
 from models.windowing import Abandoned
 from server.audio import AudioLimits, decode_audio, decode_pcm16
 from server.errors import InvalidAudio
+from tests.cancel import StopAfter
 
 OUT_RATE = 16_000
 DEFAULT = AudioLimits(4 * 3600, 8 << 30)
@@ -445,18 +446,6 @@ def test_garbage_and_truncated_headers_are_invalid_audio(
     data: bytes, filename: str | None, says: str
 ) -> None:
     assert says in refused(data, DEFAULT, filename)
-
-
-class StopAfter:
-    """A cancellation token that turns set on its ``looks``-th look: a client hanging up."""
-
-    def __init__(self, looks: int) -> None:
-        self.after = looks
-        self.looks = 0
-
-    def is_set(self) -> bool:
-        self.looks += 1
-        return self.looks >= self.after
 
 
 @pytest.fixture(scope="module")
