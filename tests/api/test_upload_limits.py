@@ -91,8 +91,8 @@ def test_a_request_announcing_500_mb_is_413_before_its_body(upload_limited: Live
         b"\r\n"
     )
     started = time.monotonic()
-    status, body = raw_exchange(upload_limited, request, timeout=2.0)  # no body is ever sent
-    assert time.monotonic() - started < 2.0
+    status, body = raw_exchange(upload_limited, request, timeout=30.0)  # no body is ever sent
+    assert time.monotonic() - started < 20.0  # answered at once: nothing more is coming
     assert status == 413
     error = json.loads(body)["error"]
     assert set(error) == {"message", "type", "param", "code"}

@@ -21,6 +21,7 @@ from benchmarks.upload_memory import long_speech_mp3, send_upload
 from server.runtime import Runtime
 from server.transcription import TranscriptionService
 from tests.conftest import LiveServer, make_settings
+from tests.patience import PATIENCE_S
 
 UPLOADS = 4
 UPLOAD_SECONDS = 2 * 3600
@@ -92,13 +93,16 @@ def test_abandoned_uploads_decode_one_at_a_time_and_stop_soon() -> None:
                     borrowers.update(holders)
                     return bool(holders)
 
-                wait_until(new_holder, timeout=120, what="the upload to get the decode slot")
+                wait_until(new_holder, timeout=PATIENCE_S, what="the upload to get the decode slot")
                 if hung_up is not None:  # the last one's thread has ended (and this upload
                     stops.append(time.monotonic() - hung_up)  # was sent): an upper bound
-                wait_until(lambda: preparing() >= 1, timeout=60, what="its decode to start")
+                wait_until(lambda: preparing() >= 1, timeout=PATIENCE_S, what="its decode to start")
                 sock.close()
                 hung_up = time.monotonic()
-            eventually(lambda: preparing() == 0 and state.decodes.borrowed_tokens == 0, timeout=60)
+            eventually(
+                lambda: preparing() == 0 and state.decodes.borrowed_tokens == 0,
+                timeout=PATIENCE_S,
+            )
             assert hung_up is not None
             stops.append(time.monotonic() - hung_up)
             time.sleep(1.0)  # a decode started late by a freed slot would show up here

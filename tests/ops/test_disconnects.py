@@ -16,7 +16,7 @@ import pytest
 from benchmarks.server_process import metric
 from server.logs import JsonFormatter, RequestIdFilter
 from tests.conftest import LiveServer, make_settings
-from tests.patience import patient_http, wait_for_metric, wait_until
+from tests.patience import PATIENCE_S, patient_http, wait_for_metric, wait_until
 from tests.speech import duration_of, spoken_wav
 
 ITEMS = "voxserve_queue_wait_seconds_count"  # one observation per item computed
@@ -33,8 +33,9 @@ def _transcribe(live: LiveServer, wav: bytes, timeout: float = 60) -> httpx.Resp
 
 
 def _wait_for(live: LiveServer, name: str, at_least: float, **labels: str) -> None:
-    deadline = time.monotonic() + 10
-    while metric(httpx.get(f"{live.base_url}/metrics").text, name, **labels) < at_least:
+    deadline = time.monotonic() + PATIENCE_S
+    metrics_url = f"{live.base_url}/metrics"
+    while metric(httpx.get(metrics_url, timeout=PATIENCE_S).text, name, **labels) < at_least:
         assert time.monotonic() < deadline, f"{name} never reached {at_least}"
         time.sleep(0.02)
 

@@ -19,7 +19,7 @@ from server.catalog import CatalogModel
 from server.logs import JsonFormatter, RequestIdFilter
 from tests.api.test_errors import assert_error
 from tests.conftest import LiveServer, make_settings
-from tests.patience import wait_until
+from tests.patience import PATIENCE_S, wait_until
 from tests.speech import duration_of, spoken_wav
 
 
@@ -155,7 +155,7 @@ def test_logs_are_json_with_request_ids_and_no_text_at_info(
             headers={"X-Request-ID": "trace-speech"},
         )
     assert transcribed.is_success and spoken.is_success
-    deadline = time.monotonic() + 5  # the access line follows the last byte sent
+    deadline = time.monotonic() + PATIENCE_S  # the access line follows the last byte sent
     while '"trace-speech"' not in json_log.getvalue() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert "lemonade" in transcribed.json()["text"].lower()  # the words were heard...

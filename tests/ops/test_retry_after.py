@@ -19,6 +19,7 @@ import pytest
 
 from server.scheduler import ModelScheduler
 from tests.conftest import LiveServer, make_settings
+from tests.patience import PATIENCE_S
 from tests.speech import SENTENCES, spoken_wav
 
 TRIALS = 3
@@ -55,7 +56,7 @@ def _transcribe(live: LiveServer, wav: bytes) -> httpx.Response:
             "/v1/audio/transcriptions",
             files={"file": ("a.wav", wav)},
             data={"model": "whisper-1"},
-            timeout=120,
+            timeout=PATIENCE_S,
         )
 
 
@@ -64,7 +65,7 @@ def _speak(live: LiveServer, text: str) -> httpx.Response:
         return http.post(
             "/v1/audio/speech",
             json={"model": "tts-1", "voice": VOICE, "input": text, "response_format": "pcm"},
-            timeout=120,
+            timeout=PATIENCE_S,
         )
 
 
@@ -80,7 +81,7 @@ class Hog:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._thread.join(timeout=180)
+        self._thread.join(timeout=PATIENCE_S)
         assert self.answers and self.answers[0].status_code == 200, self.answers
 
 

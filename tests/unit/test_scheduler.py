@@ -45,7 +45,7 @@ class RecordingBackend:
         self.threads.add(threading.get_ident())
         self.batches.append(list(items))
         if self.gate is not None:
-            self.gate.wait(timeout=10)
+            self.gate.wait(timeout=60)
         time.sleep(self.seconds_per_batch)
         if any(value < 0 for _, value in items):
             raise ValueError("negative input")
