@@ -197,11 +197,7 @@ def _decode(
                 native_seconds += frame.samples / frame.sample_rate
                 decoded_bytes += frame.samples * channels * frame.format.bytes
                 _check_seconds(native_seconds, limits, "decodes to more than")
-                if decoded_bytes > limits.max_decoded_bytes:
-                    raise InvalidAudio(
-                        f"The audio decodes to more than the {limits.max_decoded_bytes} bytes "
-                        "this server accepts."
-                    )
+                _check_bytes(decoded_bytes, limits)
                 if frame.layout.channels[0].name == "NONE":  # no layout ffmpeg can downmix
                     frame = _downmix(frame)
                 for resampled in resampler.resample(frame):
@@ -248,6 +244,14 @@ def _check_shape(sample_rate: int | None, channels: int | None) -> None:
     if channels and channels > MAX_CHANNELS:
         raise InvalidAudio(
             f"The audio has {channels} channels; at most {MAX_CHANNELS} are supported."
+        )
+
+
+def _check_bytes(decoded_bytes: int, limits: AudioLimits) -> None:
+    if decoded_bytes > limits.max_decoded_bytes:
+        raise InvalidAudio(
+            f"The audio decodes to more than the {limits.max_decoded_bytes} bytes "
+            "this server accepts."
         )
 
 

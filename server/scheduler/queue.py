@@ -296,16 +296,13 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         measured throughput; never less than the queue's own count of batches, at
         most :data:`~server.scheduler.workload.RETRY_AFTER_CAP`.
         """
-        return drain_seconds(self._remaining_work(), self._throughput.rate, self._queue_wait())
+        return drain_seconds(self.pending_work, self._throughput.rate, self._queue_wait())
 
     @property
     def pending_work(self) -> float:
         """The work admitted and not yet done, in the units of ``work_of`` (audio
-        seconds, characters): what ``estimated_wait`` divides by the throughput."""
-        return self._remaining_work()
-
-    def _remaining_work(self) -> float:
-        """The work owed by the admitted requests and by items queued without one."""
+        seconds, characters): what the admitted requests owe, and the items queued
+        without one."""
         outstanding = dict.fromkeys(self._tickets, 0.0)
         loose = 0.0
         waiting = [e for e in self._queue if e.queued]
