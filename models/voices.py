@@ -75,11 +75,22 @@ EMBEDDED_VOICES: dict[str, VoiceSpec] = {
     "alloy": HEART,
     "nova": HEART,
     "shimmer": HEART,
+    "coral": HEART,
+    "sage": HEART,
+    "marin": HEART,
     "echo": JOE,
     "fable": JOE,
     "onyx": JOE,
+    "ash": JOE,
+    "ballad": JOE,
+    "verse": JOE,
+    "cedar": JOE,
 }
-"""The six OpenAI voice names on the two voices that ship inside wheels."""
+"""All 13 of OpenAI's voice names on the two voices that ship inside wheels, by how
+OpenAI's voices sound: the female-sounding ones (alloy, nova, shimmer, coral, sage,
+marin) on hibari's "heart", the male-sounding ones (echo, fable, onyx, ash, ballad,
+verse, cedar) on Piper's "joe". A client that picks any of them gets speech, never a
+400, and a voice of the kind it asked for; a catalog can map them elsewhere."""
 
 
 # -- weights ---------------------------------------------------------------------------

@@ -46,6 +46,11 @@ from models.whisper_decoding import (
 )
 from models.whisper_tokenizer import WhisperTokenizer
 
+WINDOW_FRAMES = 3000
+"""Mel frames in a 30-s window: what Whisper's encoder was trained on."""
+GLANCE_MIN_FRAMES = 100
+"""The shortest input :meth:`WhisperCT2Backend.english_probabilities` encodes (1 s)."""
+
 
 class WhisperCT2Backend:
     """A Whisper model in CTranslate2 format, from a local directory."""
@@ -119,12 +124,22 @@ class WhisperCT2Backend:
         sot_position = len(previous) + 1 if previous else 0
         return (sot_position, item.options.temperature)
 
-    def transcribe_batch(self, items: Sequence[TranscriptionItem]) -> list[WindowTranscript]:
+    def transcribe_batch(
+        self,
+        items: Sequence[TranscriptionItem],
+        *,
+        encoder_output: ctranslate2.StorageView | None = None,
+    ) -> list[WindowTranscript]:
+        """One result per item, in order. ``encoder_output``: the items' windows already
+        through :meth:`encode` (a router that detected their language has it)."""
         if not items:
             return []
         if len({self.batch_key(item) for item in items}) != 1:
             raise ValueError("items with different batch keys cannot share a batch")
-        encoder_output = self._encode([item.audio for item in items])
+        if encoder_output is None:
+            encoder_output = self.encode([item.audio for item in items])
+        elif encoder_output.shape[0] != len(items):
+            raise ValueError("encoder_output must hold one row per item")
         languages = self._languages(items, encoder_output)
         tokenizers = [
             self._tokenizer(item.options.task, lang)
@@ -211,7 +226,8 @@ class WhisperCT2Backend:
             }
         return {"beam_size": self.beam_size}
 
-    def _encode(self, windows: Sequence[np.ndarray]) -> ctranslate2.StorageView:
+    def encode(self, windows: Sequence[np.ndarray]) -> ctranslate2.StorageView:
+        """The encoder's output for each window (16 kHz samples, at most 30 s), one row each."""
         extractor = self.model.feature_extractor
         features = np.stack([pad_or_trim(extractor(audio)[..., :-1]) for audio in windows])
         step = self.encoder_batch_size or len(windows)
@@ -227,6 +243,46 @@ class WhisperCT2Backend:
         storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
         return self.model.model.encode(storage, to_cpu=False)
 
+    def detect_languages(self, encoder_output: ctranslate2.StorageView) -> list[str]:
+        """The most likely language (ISO-639-1) of each window :meth:`encode` encoded, as
+        ``transcribe_batch`` would detect it: what a router asks before choosing a model.
+
+        Each row's answer depends on that row only. An English-only model answers
+        ``"en"`` without computing.
+        """
+        if not self.multilingual:
+            return ["en"] * encoder_output.shape[0]
+        return self._detected(encoder_output)
+
+    def english_probabilities(self, windows: Sequence[np.ndarray]) -> list[float]:
+        """A glance at each window: how likely it is English, with the encoder run over
+        the window's own length (at least a second) instead of 30 s of padded audio.
+
+        On 5-s windows of Whisper base on the CPU this costs 0.05 s against 0.6 s for
+        :meth:`encode` and :meth:`detect_languages`, and it is less sure of itself: it
+        misnamed 6 of 40 accented non-English windows (never as English: P(en) at most
+        0.13) and gave 5 of 48 English ones P(en) below 0.9, where full detection named
+        every one right. A router may trust a confident "English" and ask the full
+        detection otherwise. Windows are encoded one at a time (their lengths differ),
+        so each answer depends on its window only. An English-only model answers 1.0.
+        """
+        if not self.multilingual:
+            return [1.0] * len(windows)
+        extractor = self.model.feature_extractor
+        out: list[float] = []
+        for audio in windows:
+            features = extractor(audio)[..., :-1]
+            length = features.shape[-1]
+            frames = min(WINDOW_FRAMES, max(GLANCE_MIN_FRAMES, length + length % 2))
+            encoded = self._encode_features(pad_or_trim(features, frames)[None])
+            (ranked,) = self.model.model.detect_language(encoded)
+            out.append(float(dict(ranked).get("<|en|>", 0.0)))
+        return out
+
+    def _detected(self, encoder_output: ctranslate2.StorageView) -> list[str]:
+        ranked = self.model.model.detect_language(encoder_output)
+        return [str(best[0][0])[2:-2] for best in ranked]  # "<|es|>" -> "es"
+
     def _languages(
         self, items: Sequence[TranscriptionItem], encoder_output: ctranslate2.StorageView
     ) -> list[str]:
@@ -234,10 +290,10 @@ class WhisperCT2Backend:
             return ["en"] * len(items)
         if all(item.options.language for item in items):
             return [item.options.language or "en" for item in items]
-        detected = self.model.model.detect_language(encoder_output)
+        detected = self._detected(encoder_output)
         return [
-            item.options.language or ranked[0][0][2:-2]
-            for item, ranked in zip(items, detected, strict=True)
+            item.options.language or language
+            for item, language in zip(items, detected, strict=True)
         ]
 
     def _prompt(self, item: TranscriptionItem, tokenizer: Tokenizer) -> list[int]:
@@ -248,6 +304,16 @@ class WhisperCT2Backend:
         )
         prompt: list[int] = self.model.get_prompt(tokenizer, previous, without_timestamps=False)
         return prompt
+
+
+def take_rows(
+    encoder_output: ctranslate2.StorageView, rows: Sequence[int]
+) -> ctranslate2.StorageView:
+    """Some rows of an encoder output, in the order given (copied through host memory)."""
+    if list(rows) == list(range(encoder_output.shape[0])):
+        return encoder_output
+    host = np.asarray(encoder_output.to_device(ctranslate2.Device.cpu))
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(host[list(rows)]))
 
 
 def _read_result(

@@ -30,8 +30,11 @@ from models.voices import EngineSpec, build_speech_backend
 from server.audio import AudioLimits
 from server.catalog import CatalogModel, SpeechModel
 from server.errors import exception_handlers
+from server.forms import IGNORED_FIELDS_HEADER, report_ignored_fields
 from server.middleware import MIDDLEWARE
 from server.routes import ROUTES
+from server.routes.docs import ROUTES as DOCS_ROUTES
+from server.routes.docs import SwaggerPage
 from server.runtime import ModelState, Runtime
 from server.scheduler import BatchScheduler, ModelScheduler, StepScheduler
 from server.scheduler.queue import STOP_WAIT_SECONDS
@@ -211,11 +214,12 @@ def create_app(settings: Settings) -> Litestar:
             await asyncio.gather(*(scheduler.stop() for scheduler in state.schedulers()))
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *DOCS_ROUTES],
         lifespan=[lifespan],
         state=State({"runtime": state}, deep_copy=False),
         middleware=MIDDLEWARE,
         exception_handlers=exception_handlers(),
+        before_send=[report_ignored_fields],
         cors_config=_cors(settings),
         openapi_config=OPENAPI,
         request_max_body_size=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
@@ -226,13 +230,19 @@ def create_app(settings: Settings) -> Litestar:
 OPENAPI = OpenAPIConfig(
     title="voxserve",
     version=version("voxserve"),
-    description="OpenAI-compatible speech-to-text and text-to-speech.",
+    description=(
+        "OpenAI-compatible speech-to-text and text-to-speech. Every error is OpenAI's "
+        'envelope, `{"error": {"message", "type", "param", "code"}}`, with '
+        "the statuses each operation lists; an unexpected fault is a 500 in the same envelope."
+    ),
     components=Components(
         security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
     ),
     security=[{"bearer": []}],
+    render_plugins=[SwaggerPage()],
 )
-"""Served at ``/schema`` (``/schema/openapi.json``), behind the API key like any route."""
+"""Served at ``/openapi.json`` and ``/schema/openapi.json``, with the interactive page at
+``/docs`` and ``/schema`` (:mod:`server.routes.docs`); public by default (``public_paths``)."""
 
 
 def _cors(settings: Settings) -> CORSConfig | None:
@@ -243,6 +253,6 @@ def _cors(settings: Settings) -> CORSConfig | None:
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=["X-Request-ID", "Retry-After"],
+        expose_headers=["X-Request-ID", "Retry-After", IGNORED_FIELDS_HEADER],
         allow_credentials=False,
     )

@@ -4,7 +4,8 @@ Runs in a worker thread, never on the event loop. A small file can claim hours o
 audio (digital silence compresses to almost nothing), so the limits are enforced
 in three steps, each cheaper than the next would be:
 
-1. the header: a file type outside OpenAI's list, a sample rate or channel count
+1. the header: a container outside :data:`SUPPORTED_CONTAINERS` (judged by the
+   content, not the file's name), a sample rate or channel count
    no microphone produces, or a declared duration over the limit is refused
    before any audio is decoded;
 2. the packets: their durations are summed without decoding (a tenth of a second
@@ -29,7 +30,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import PurePath
 
 import av
 import numpy as np
@@ -42,21 +42,30 @@ from server.errors import InvalidAudio
 PCM16 = npt.NDArray[np.int16]
 """Decoded audio: mono 16 kHz 16-bit samples."""
 
-SUPPORTED_EXTENSIONS: dict[str, frozenset[str]] = {
-    "flac": frozenset({"flac"}),
-    "m4a": frozenset({"mov", "mp4", "m4a"}),
-    "mp3": frozenset({"mp3"}),
-    "mp4": frozenset({"mov", "mp4", "m4a"}),
-    "mpeg": frozenset({"mp3", "mpeg"}),
-    "mpga": frozenset({"mp3"}),
-    "oga": frozenset({"ogg"}),
-    "ogg": frozenset({"ogg"}),
-    "wav": frozenset({"wav"}),
-    "webm": frozenset({"matroska", "webm"}),
-}
-"""OpenAI's accepted file types, and the containers each name may hold."""
-SUPPORTED_CONTAINERS = frozenset().union(*SUPPORTED_EXTENSIONS.values())
-SUPPORTED_LIST = ", ".join(SUPPORTED_EXTENSIONS)
+OPENAI_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
+"""The file types OpenAI's API reference lists."""
+MORE_EXTENSIONS = (
+    *("opus", "weba", "mka", "mkv", "mov", "3gp"),  # other names of the containers above
+    *("aac", "aif", "aiff", "amr", "caf", "wma"),  # more containers
+)
+"""Names people give files of the same containers (``.opus``: Ogg; ``.weba``, ``.mka``,
+``.mkv``: Matroska; ``.mov``, ``.3gp``: MP4's family) and of a few more that phones and
+desktops record in: ADTS AAC, AMR, AIFF, Apple CAF, Windows Media Audio."""
+SUPPORTED_EXTENSIONS = OPENAI_EXTENSIONS + MORE_EXTENSIONS
+"""What the error messages list. A file is judged by its content, never by its name:
+a WAV named ``.mp3``, or named ``recording`` or ``x.bin``, is decoded as the WAV it is."""
+SUPPORTED_CONTAINERS = frozenset(
+    {
+        *("wav", "mp3", "flac", "ogg", "matroska", "webm", "mov", "mp4", "m4a", "mpeg"),
+        *("3gp", "3g2", "aac", "amr", "aiff", "caf", "asf"),
+    }
+)
+"""ffmpeg's demuxers (as PyAV names them) that an upload's content may be detected as.
+
+Each holds its media inline. ffmpeg can also probe playlists (``hls``), concat lists,
+image sequences and dozens of exotic formats that would widen what hostile bytes reach;
+anything detected as one of those is refused with the list of supported formats."""
+SUPPORTED_LIST = f"{', '.join(OPENAI_EXTENSIONS)} (OpenAI's list), and {', '.join(MORE_EXTENSIONS)}"
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 384_000
 """The highest rate studio converters use; anything above is a forged header."""
@@ -93,12 +102,14 @@ def decode_pcm16(
     """Every audio sample in ``data``, mono 16-bit at 16 kHz, or :class:`InvalidAudio`.
 
     Half the memory of float; ``cancel`` stops it (``Abandoned``) between packets.
+    ``filename`` is not consulted: the content decides, since clients name files
+    wrongly (a ``.opus`` that is Ogg, a recording with no extension, a WAV renamed).
     """
+    del filename  # kept so that callers need not know; see the docstring
     if not data:
         raise InvalidAudio("The uploaded file is empty (0 bytes).")
-    allowed = _allowed_containers(filename)
     try:
-        seconds = _check_container(data, allowed, limits, cancel)
+        seconds = _check_container(data, limits, cancel)
         return _decode(data, limits, seconds, cancel)
     except InvalidAudio:
         raise
@@ -113,28 +124,14 @@ def corrupt_allowance(good_packets: int) -> int:
     return CORRUPT_GRACE + good_packets // GOOD_PER_CORRUPT
 
 
-def _allowed_containers(filename: str | None) -> frozenset[str]:
-    suffix = PurePath(filename or "").suffix.lower().removeprefix(".")
-    if not suffix:
-        return SUPPORTED_CONTAINERS
-    if suffix not in SUPPORTED_EXTENSIONS:
-        raise InvalidAudio(
-            f"Unsupported file type '.{suffix}'. Supported formats: {SUPPORTED_LIST}."
-        )
-    return SUPPORTED_EXTENSIONS[suffix]
-
-
-def _check_container(
-    data: bytes, allowed: frozenset[str], limits: AudioLimits, cancel: CancelToken | None
-) -> float:
+def _check_container(data: bytes, limits: AudioLimits, cancel: CancelToken | None) -> float:
     """Header and packet checks; returns the audio's duration by its packets (0 if unknown)."""
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
         names = set(container.format.name.split(","))
-        if not names & allowed:
-            kind = "a supported type" if allowed is SUPPORTED_CONTAINERS else "what its name says"
+        if not names & SUPPORTED_CONTAINERS:
             raise InvalidAudio(
                 f"The uploaded file is {container.format.long_name or container.format.name}, "
-                f"not {kind}. Supported formats: {SUPPORTED_LIST}."
+                f"not a supported type. Supported formats: {SUPPORTED_LIST}."
             )
         if not container.streams.audio:
             raise InvalidAudio("The uploaded file has no audio stream.")

@@ -4,7 +4,8 @@ The tree::
 
     VoxserveError                 status  type
     ├── InvalidRequest             400    invalid_request_error
-    │   └── InvalidAudio           400    invalid_request_error  (param "file")
+    │   ├── InvalidAudio           400    invalid_request_error  (param "file")
+    │   └── WrongEndpoint          400    invalid_request_error  (param "model")
     ├── Unauthorized               401    invalid_request_error
     ├── ModelNotFound              404    invalid_request_error  (param "model")
     ├── PayloadTooLarge            413    invalid_request_error
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar import Request, Response
@@ -80,6 +81,28 @@ class InvalidRequest(VoxserveError):
 class InvalidAudio(InvalidRequest):
     def __init__(self, message: str) -> None:
         super().__init__(message, param="file")
+
+
+ENDPOINTS: dict[str, str] = {
+    "transcription": "/v1/audio/transcriptions (or /v1/audio/translations)",
+    "speech": "/v1/audio/speech",
+}
+"""Where each kind of model is sent, as :class:`WrongEndpoint` names it."""
+
+
+class WrongEndpoint(InvalidRequest):
+    """A model that exists, sent to a route for the other kind of model.
+
+    A 404 would say the model "does not exist" while ``/v1/models`` lists it; the
+    client's mistake is the route, so the message names the one that takes it.
+    """
+
+    def __init__(self, model: str, kind: Literal["transcription", "speech"]) -> None:
+        what = "speech-to-text" if kind == "transcription" else "text-to-speech"
+        super().__init__(
+            f"Model '{model}' is a {what} model; send it to {ENDPOINTS[kind]}.",
+            param="model",
+        )
 
 
 class Unauthorized(VoxserveError):

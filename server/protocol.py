@@ -1,7 +1,9 @@
 """OpenAI's audio API on the wire: request forms and response bodies, as msgspec Structs.
 
-Request Structs forbid unknown fields, so a misspelt parameter is a 400 that names
-it rather than a silently ignored option. Field names are the wire names,
+Request Structs skip fields they do not have: ``server.forms`` finds those first and,
+by the ``unknown_fields`` setting, names them in a response header or refuses them.
+Objects nested in a request (a VAD setting, a voice reference) forbid unknown keys,
+since their keys say which kind of object they are. Field names are the wire names,
 including the SDK's ``name[]`` spelling of list fields.
 """
 
@@ -32,7 +34,7 @@ class ServerVad(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     silence_duration_ms: Milliseconds = 200
 
 
-class TranscriptionForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class TranscriptionForm(msgspec.Struct, kw_only=True):
     """The fields of ``POST /v1/audio/transcriptions`` besides ``file``."""
 
     model: Name
@@ -48,7 +50,7 @@ class TranscriptionForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     chunking_strategy: Literal["auto"] | ServerVad | None = None
 
 
-class TranslationForm(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class TranslationForm(msgspec.Struct, kw_only=True):
     """The fields of ``POST /v1/audio/translations`` besides ``file``."""
 
     model: Name
@@ -130,13 +132,27 @@ class ModelList(msgspec.Struct, kw_only=True):
     data: list[ModelObject]
 
 
+class ModelId(msgspec.Struct, kw_only=True):
+    id: str
+
+
+class SpeechModelList(msgspec.Struct, kw_only=True):
+    """``GET /v1/audio/models``: the speech models, as Open WebUI reads them (``models``:
+    ``[{id}]``; without it, it offers its own ``tts-1`` and ``tts-1-hd``), and in OpenAI's
+    list shape (``data``)."""
+
+    models: list[ModelId]
+    object: str = "list"
+    data: list[ModelObject]
+
+
 class VoiceRef(msgspec.Struct, forbid_unknown_fields=True):
     """The SDK's ``{"id": ...}`` spelling of a voice."""
 
     id: Name
 
 
-class SpeechRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class SpeechRequest(msgspec.Struct, kw_only=True):
     """The JSON body of ``POST /v1/audio/speech``."""
 
     model: Name
@@ -170,9 +186,18 @@ class SpeechAudioDone(msgspec.Struct, tag_field="type", tag="speech.audio.done")
 
 class VoiceInfo(msgspec.Struct, kw_only=True):
     id: str
+    name: str
     backend: str
     speaker: str | int | None
     sample_rate: int
+    """The rate of the audio responses carry (always 24 kHz), not the model's own."""
+
+
+class VoiceName(msgspec.Struct, kw_only=True):
+    """A voice as Open WebUI and AnythingLLM read it: the id to send, a name to show."""
+
+    id: str
+    name: str
 
 
 class ModelVoices(msgspec.Struct, kw_only=True):
@@ -181,7 +206,14 @@ class ModelVoices(msgspec.Struct, kw_only=True):
 
 
 class VoiceList(msgspec.Struct, kw_only=True):
+    """``GET /v1/audio/voices``: OpenAI has no such route; this is what clients read.
+
+    ``voices`` is the flat list Open WebUI and AnythingLLM take (without it they fall
+    back to six hard-coded names); ``data`` groups the voices by model, with details.
+    """
+
     object: str = "list"
+    voices: list[VoiceName]
     data: list[ModelVoices]
 
 

@@ -19,7 +19,8 @@ import anyio
 from litestar import Request
 
 from server.auth import KeyRing, read_key_file
-from server.errors import ModelNotFound, NotReady
+from server.catalog import CatalogName, Kind, catalog_names
+from server.errors import ModelNotFound, NotReady, WrongEndpoint
 from server.metrics import Metrics
 from server.scheduler import ModelScheduler
 from server.settings import Settings, SettingsError
@@ -68,8 +69,11 @@ class Runtime:
     decodes: anyio.CapacityLimiter = field(init=False)
     """At most ``max_concurrent_decodes`` uploads are decoded at once, server-wide."""
     keys: KeyRing = field(init=False)
+    names: dict[str, CatalogName] = field(init=False)
+    """Every name a client may send (ids and aliases) and the model it means."""
 
     def __post_init__(self) -> None:
+        self.names = catalog_names(self.settings.models, self.settings.speech_models)
         self.decodes = anyio.CapacityLimiter(self.settings.max_concurrent_decodes)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.metrics.watch_decodes(
@@ -125,16 +129,25 @@ class Runtime:
 
     # -- what routes ask for -------------------------------------------------------
 
+    def resolve(self, model: str, kind: Kind) -> str:
+        """The catalog id ``model`` names (an id or an alias): 404 for a name not in
+        the catalog, 400 naming the right route for a model of the other kind."""
+        name = self.names.get(model)
+        if name is None:
+            raise ModelNotFound(model)
+        if name.kind != kind:
+            raise WrongEndpoint(model, name.kind)
+        return name.id
+
     def transcriber(self, model: str) -> TranscriptionService:
-        self._require(model)
-        try:
-            return self.transcription[model]
-        except KeyError:  # a speech model named on a transcription route
-            raise ModelNotFound(model) from None
+        model_id = self.resolve(model, "transcription")
+        self._require(model_id)
+        return self.transcription[model_id]
 
     def voice(self, model: str, name: str) -> Voice:
-        self._require(model)
-        return self.speech.voice(model, name)
+        model_id = self.resolve(model, "speech")
+        self._require(model_id)
+        return self.speech.voice(model_id, name)
 
     def schedulers(self, kind: str | None = None) -> list[ModelScheduler[Any, Any]]:
         """Every running model's scheduler, or those of one kind (a route's ``queue``):

@@ -28,6 +28,7 @@ from server.catalog import (
     CatalogModel,
     PresetName,
     SpeechModel,
+    catalog_names,
 )
 
 ENV_PREFIX = "VOXSERVE_"
@@ -72,11 +73,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     ] = "embedded"
     models: Annotated[
         tuple[CatalogModel, ...],
-        _doc("The transcription catalog: model names, their weights and knobs."),
+        _doc("The transcription catalog: model names (and `aliases`), their weights and knobs."),
     ] = DEFAULT_CATALOG
     speech_models: Annotated[
         tuple[SpeechModel, ...],
-        _doc("The speech catalog: model names and their voices."),
+        _doc("The speech catalog: model names (and `aliases`) and their voices."),
     ] = DEFAULT_SPEECH_CATALOG
     model_cache_dir: Annotated[
         str,
@@ -146,8 +147,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         str | None, _doc("A file of keys, one per line (blank lines and `#` comments skipped).")
     ] = None
     public_paths: Annotated[
-        tuple[str, ...], _doc("Paths served without a key: the probes and the metrics scrape.")
-    ] = ("/health", "/ready", "/metrics")
+        tuple[str, ...],
+        _doc(
+            "Paths served without a key, each with every path below it: the probes, the "
+            "metrics scrape and the API docs (`/docs`, `/openapi.json`, `/schema`)."
+        ),
+    ] = ("/health", "/ready", "/metrics", "/docs", "/openapi.json", "/schema")
     cors_origins: Annotated[
         tuple[str, ...], _doc("Browser origins allowed by CORS; none means CORS is off.")
     ] = ()
@@ -168,6 +173,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             "bounds the work a small file can demand. 8 GiB is 4 h of 48 kHz stereo float."
         ),
     ] = 8 << 30
+    unknown_fields: Annotated[
+        Literal["ignore", "refuse"],
+        _doc(
+            "Request fields the API does not know (a newer SDK's `keywords`, another "
+            "server's `vad_filter`): `ignore` them, named in the response header "
+            "`X-Voxserve-Ignored-Fields` and the debug log, or `refuse` them with a 400 "
+            "naming the field."
+        ),
+    ] = "ignore"
 
     # -- speech memory --
     speech_max_pass_seconds: Annotated[
@@ -232,9 +246,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             msgspec.structs.force_setattr(self, "models", transcription)
         if self.speech_models is DEFAULT_SPEECH_CATALOG:
             msgspec.structs.force_setattr(self, "speech_models", speech)
-        ids = [m.id for m in self.models] + [m.id for m in self.speech_models]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"model ids must be unique, got {ids}")
+        catalog_names(self.models, self.speech_models)  # ids and aliases: each names one model
         positive = (
             "max_batch_size",
             "max_queue_size",
@@ -261,6 +273,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         for name in ("header_timeout_seconds", "body_idle_timeout_seconds", "send_timeout_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+
+    def is_public(self, path: str) -> bool:
+        """Whether ``path`` is served without a key: it is a public path or lies below one.
+
+        Below, not merely after: ``/docs`` opens ``/docs/swagger-ui.css`` (a page and its
+        assets are one entry) but not ``/docsx``.
+        """
+        return any(
+            path == entry or path.startswith(entry.rstrip("/") + "/") for entry in self.public_paths
+        )
 
     def scheduler_config(self, model: CatalogModel) -> SchedulerConfig:
         def pick(own: Any, default: Any) -> Any:

@@ -9,6 +9,22 @@ sentence ready when the previous one is sent, without one long input flooding th
 queue in front of everyone else. Audio is yielded sentence by sentence as soon as
 it is ready and in order; when the consumer stops (the client went away), the
 queued sentences are withdrawn and never computed.
+
+``speed`` is made in two parts (:func:`models.tempo.pace_and_tempo`): the model speaks
+at the voice's own pace, the same for every request, and each sentence is then
+time-stretched, pitch kept, to the request's speed (:func:`models.tempo.stretch`, in a
+worker thread, while the model works on the next sentences). The model's own pace
+control is not linear (Piper made 1.8x the promised length at 4.0) and lost words
+at 2.0; the stretch makes every sentence, with the pauses around it, exactly
+(length at 1.0) / speed. A request's sentences at any speed share batches with
+other requests on the voice.
+
+A sentence that gives no audio (text the voice cannot read: hibari's English G2P
+drops Japanese script entirely) is skipped; when no sentence of the input gives any,
+the request is refused with a 400 on ``input`` before anything is sent, rather than
+a 200 with an empty file. No other voice stands in: the client named this one, and
+the other embedded voice (Piper, espeak-ng English) reads Japanese text as "Japanese
+letter, Japanese letter", which is not reading it either.
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from models.base import AudioArray, Speaker, SpeechItem, TextToSpeechBackend
+from models.tempo import pace_and_tempo, stretch
 from server.errors import InvalidRequest, ModelNotFound
 from server.scheduler import ModelScheduler, Ticket
 from server.text import normalize, split_sentences
@@ -79,19 +96,24 @@ class SpeechService:
         return list(unique.values())
 
     def voice(self, model: str, name: str) -> Voice:
-        """The voice ``name`` of ``model``; 404 for a model, 400 listing the choices."""
+        """The voice ``name`` of ``model``, in any case ("Alloy" is alloy, as OpenAI
+        takes it); 404 for a model, 400 listing the choices."""
         try:
             voices = self.voices[model]
         except KeyError:
             raise ModelNotFound(model) from None
-        try:
+        if name in voices:
             return voices[name]
-        except KeyError:
-            choices = ", ".join(voices)
-            raise InvalidRequest(
-                f"Voice '{name}' is not available for model '{model}'. Choose one of: {choices}.",
-                param="voice",
-            ) from None
+        folded = name.casefold()
+        # The catalog refuses names that differ only in case, so this finds one at most.
+        for voice_name, voice in voices.items():
+            if voice_name.casefold() == folded:
+                return voice
+        choices = ", ".join(voices)
+        raise InvalidRequest(
+            f"Voice '{name}' is not available for model '{model}'. Choose one of: {choices}.",
+            param="voice",
+        )
 
     @staticmethod
     def sentences(text: str) -> list[str]:
@@ -108,15 +130,17 @@ class SpeechService:
     async def speak(
         self, voice: Voice, sentences: list[str], speed: float = 1.0
     ) -> AsyncGenerator[AudioArray, None]:
-        """Audio for each sentence, in order, each as soon as it and those before are done.
+        """Audio for each sentence, in order, each as soon as it and those before are done,
+        at ``speed`` (see the module's docstring); sentences with no audio are skipped.
 
         The request holds one place in its engine's queue while it is being spoken;
-        a full queue refuses it (429) at the first step, before any work is done.
+        a full queue refuses it (429) at the first step, before any work is done. If
+        no sentence gives any audio, the first step raises a 400 on ``input``.
         """
         scheduler = voice.engine.scheduler
-        items = iter(
-            SpeechItem(text, speaker=voice.speaker, speed=speed * voice.speed) for text in sentences
-        )
+        pace, tempo = pace_and_tempo(speed, voice.speed)
+        items = iter(SpeechItem(text, speaker=voice.speaker, speed=pace) for text in sentences)
+        spoken = False
         with scheduler.admit(work=sum(len(text) for text in sentences)) as ticket:
             pending: deque[asyncio.Future[AudioArray]] = deque()
             try:
@@ -125,12 +149,24 @@ class SpeechService:
                     audio = await pending[0]
                     pending.popleft()
                     _top_up(pending, items, scheduler, ticket, LOOKAHEAD)
+                    if not audio.size:
+                        continue
+                    if tempo != 1.0:
+                        audio = await asyncio.to_thread(stretch, audio, voice.sample_rate, tempo)
                     if self.observer is not None:
                         self.observer.synthesized(voice.model, len(audio) / voice.sample_rate)
+                    spoken = True
                     yield audio
             finally:  # the consumer stopped early or failed: withdraw what is queued
                 for future in pending:
                     future.cancel()
+        if not spoken:
+            raise InvalidRequest(
+                f"Voice '{voice.name}' of model '{voice.model}' produced no audio for this "
+                "input: it has no words this voice can pronounce (for example, text in a "
+                "script or language the voice does not read).",
+                param="input",
+            )
 
 
 def _top_up(

@@ -87,6 +87,17 @@ class TranscriptionJob:
     chunking: VadSettings | None = None
     """Cut at the VAD's speech regions even in short audio (``chunking_strategy``)."""
 
+    def __post_init__(self) -> None:
+        language = self.options.language
+        if language is not None and language != language_code(language):
+            options = dataclasses.replace(self.options, language=language_code(language))
+            object.__setattr__(self, "options", options)  # frozen: set once, here
+
+
+def language_code(language: str) -> str:
+    """``language`` as Whisper's tables spell ISO-639-1 codes: "EN" and " en" are "en"."""
+    return language.strip().lower()
+
 
 @dataclass(frozen=True, slots=True)
 class PreparedAudio:
@@ -157,12 +168,13 @@ class TranscriptionService:
                 "use a multilingual model.",
                 param="model",
             )
-        language = options.language
-        if language is None:
+        if options.language is None:
             return
+        language = language_code(options.language)
         if language not in SUPPORTED_LANGUAGES:
             raise InvalidRequest(
-                f"Language '{language}' is not a supported ISO-639-1 code.", param="language"
+                f"Language '{options.language}' is not a supported ISO-639-1 code.",
+                param="language",
             )
         if language != "en" and not self.backend.multilingual:
             raise InvalidRequest(

@@ -1,9 +1,12 @@
 """401 in OpenAI's envelope for a request without a valid key, unless its path is public.
 
 It wraps every route the app has (middleware is app-wide), so a route added later is
-guarded without anyone remembering to guard it; only ``public_paths`` (the probes
-and the metrics scrape by default) are open. A CORS preflight never reaches it: the
-CORS middleware answers those before routing.
+guarded without anyone remembering to guard it; only ``public_paths`` and the paths
+below them are open: by default the probes, the metrics scrape, and the API docs
+(``/docs``, ``/openapi.json``, ``/schema``), because a browser opening a page sends no
+``Authorization`` header and the document holds no secret (the interactive page
+sends the key for "Try it out" once it is given under "Authorize"). A CORS preflight
+never reaches it: the CORS middleware answers those before routing.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from server.runtime import Runtime
 class HttpMiddleware:
     """Passes non-HTTP scopes through and calls :meth:`handle` with the runtime.
 
-    With ``skip_public_paths``, requests to ``public_paths`` (the probes and the
-    metrics scrape) pass through as well.
+    With ``skip_public_paths``, requests to ``public_paths`` (the probes, the metrics
+    scrape, the API docs) and below them pass through as well.
     """
 
     skip_public_paths = False
@@ -25,7 +25,7 @@ class HttpMiddleware:
             await self.app(scope, receive, send)
             return
         runtime: Runtime = scope["litestar_app"].state.runtime
-        if self.skip_public_paths and scope["path"] in runtime.settings.public_paths:
+        if self.skip_public_paths and runtime.settings.is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         await self.handle(scope, receive, send, runtime)

@@ -47,7 +47,7 @@ class RequestContext(HttpMiddleware):
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = CLIENT_CLOSED
-        counted = scope["path"] not in runtime.settings.public_paths
+        counted = not runtime.settings.is_public(scope["path"])
         if counted:
             runtime.request_started()
 

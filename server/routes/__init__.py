@@ -1,7 +1,7 @@
 """HTTP routes: thin handlers that validate, call a service, and render."""
 
 from server.routes.health import health, metrics, ready
-from server.routes.models import get_model, list_models
+from server.routes.models import get_model, list_models, list_speech_models
 from server.routes.speech import create_speech, list_voices
 from server.routes.transcriptions import create_transcription
 from server.routes.translations import create_translation
@@ -12,6 +12,7 @@ ROUTES = [
     create_speech,
     list_voices,
     list_models,
+    list_speech_models,
     get_model,
     health,
     ready,

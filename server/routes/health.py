@@ -9,16 +9,17 @@ from typing import Any
 from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from server import openapi
 from server.errors import NotReady
 from server.runtime import LOADING_RETRY_AFTER, runtime
 
 
-@get("/health", security=[{}])
+@get("/health", security=[{}], operation_class=openapi.HEALTH)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/ready", security=[{}])
+@get("/ready", security=[{}], operation_class=openapi.READY)
 async def ready(request: Request[Any, Any, Any]) -> dict[str, str]:
     state = runtime(request)
     if not state.ready:
@@ -26,7 +27,7 @@ async def ready(request: Request[Any, Any, Any]) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@get("/metrics", security=[{}])
+@get("/metrics", security=[{}], operation_class=openapi.METRICS)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     # CONTENT_TYPE_LATEST carries its charset: set it as is, not as a media type.
     headers = {"Content-Type": CONTENT_TYPE_LATEST}

@@ -3,10 +3,12 @@
 The body always streams (chunked transfer), sentence by sentence, as OpenAI's does:
 raw bytes of the requested format with ``stream_format=audio``, or server-sent
 ``speech.audio.delta`` events and one ``speech.audio.done`` with ``sse``. The
-first sentence is synthesized before the status line goes out, so a refusal (429)
-or a failure of the first sentence is an ordinary error response; a failure
-later breaks the body off (audio: the client sees an incomplete transfer rather
-than a short file that looks whole) or sends an ``error`` event (sse).
+first sentence that gives audio is synthesized (and stretched to ``speed``) before
+the status line goes out, so a refusal (429), a failure of the first sentence, or an
+input the voice cannot pronounce at all (400 on ``input``, not a 200 with an empty
+file) is an ordinary error response; a failure later breaks the body off (audio:
+the client sees an incomplete transfer rather than a short file that looks whole)
+or sends an ``error`` event (sse).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from litestar.params import FromQuery
 from litestar.response import Stream
 
 from models.base import AudioArray
+from models.voices import VoiceSpec
 from server import openapi
-from server.encoding import CONTENT_TYPES, StreamEncoder
-from server.errors import InternalError, ModelNotFound, VoxserveError, sse_error
-from server.forms import decode_json
+from server.encoding import CONTENT_TYPES, OUTPUT_SAMPLE_RATE, StreamEncoder
+from server.errors import InternalError, VoxserveError, sse_error
+from server.forms import read_json
 from server.protocol import (
     ModelVoices,
     SpeechAudioDelta,
@@ -38,6 +41,7 @@ from server.protocol import (
     SpeechUsage,
     VoiceInfo,
     VoiceList,
+    VoiceName,
     sse_event,
 )
 from server.runtime import runtime
@@ -55,14 +59,15 @@ OUTPUT_TOKENS_PER_SECOND = 50
     opt={"queue": "speech"},
 )
 async def create_speech(request: Request[Any, Any, Any]) -> Stream:
-    body = decode_json(await request.body(), SpeechRequest)
+    body = await read_json(request, SpeechRequest)
     state = runtime(request)
     service = state.speech
     voice = state.voice(body.model, body.voice_name)
     # Normalizing 4096 pathological characters takes tens of ms: not on the event loop.
     sentences = await asyncio.to_thread(service.sentences, body.input)
     audio = service.speak(voice, sentences, body.speed)
-    first = await anext(audio)  # errors and 429 here still get a proper status line
+    # The first audible sentence: errors, 429 and silent input still get a proper status line.
+    first = await anext(audio)
     encoded = _encode(first, audio, body.response_format, voice.sample_rate)
     if body.stream_format == "sse":
         usage = _Usage(characters=len(body.input), sample_rate=voice.sample_rate)
@@ -127,29 +132,32 @@ async def _sse(encoded: AsyncIterator[tuple[bytes, int]], usage: _Usage) -> Asyn
     yield sse_event(SpeechAudioDone(usage.report()))
 
 
-@get("/v1/audio/voices")
+@get("/v1/audio/voices", operation_class=openapi.VOICES)
 async def list_voices(
     request: Request[Any, Any, Any], model: FromQuery[str | None] = None
 ) -> Response[bytes]:
-    catalog = runtime(request).speech.voices
-    if model is not None and model not in catalog:
-        raise ModelNotFound(model)
-    body = VoiceList(
-        data=[
-            ModelVoices(
-                model=model_id,
-                voices=[
-                    VoiceInfo(
-                        id=name,
-                        backend=voice.engine.backend_name,
-                        speaker=voice.speaker,
-                        sample_rate=voice.sample_rate,
-                    )
-                    for name, voice in voices.items()
-                ],
-            )
-            for model_id, voices in catalog.items()
-            if model is None or model_id == model
-        ]
-    )
+    """The catalog's voices, flat (``voices``: what Open WebUI reads, asking without a
+    model) and by model (``data``); ``model`` may be an alias, and narrows both.
+
+    Read from the catalog, as ``/v1/models`` is, so the list is whole while models load.
+    """
+    state = runtime(request)
+    chosen = None if model is None else state.resolve(model, "speech")
+    groups = [
+        ModelVoices(model=entry.id, voices=[_voice_info(n, v) for n, v in entry.voices.items()])
+        for entry in state.settings.speech_models
+        if chosen is None or entry.id == chosen
+    ]
+    names = dict.fromkeys(v.id for group in groups for v in group.voices)  # once, in order
+    body = VoiceList(voices=[VoiceName(id=name, name=name) for name in names], data=groups)
     return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+def _voice_info(name: str, spec: VoiceSpec) -> VoiceInfo:
+    return VoiceInfo(
+        id=name,
+        name=name,
+        backend=spec.backend,
+        speaker=spec.speaker,
+        sample_rate=OUTPUT_SAMPLE_RATE,  # every response is resampled to it
+    )

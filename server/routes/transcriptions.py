@@ -11,7 +11,7 @@ from models.base import DecodingOptions
 from server import openapi
 from server.errors import InvalidRequest
 from server.formats import RenderOptions
-from server.forms import parse_form, read_form
+from server.forms import read_fields
 from server.protocol import TranscriptionForm
 from server.routes.stt import read_upload, run_job, stream_events, vad_settings
 from server.runtime import runtime
@@ -25,7 +25,7 @@ from server.transcription import TranscriptionJob
     opt={"queue": "transcription"},
 )
 async def create_transcription(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-    upload, form = parse_form(await read_form(request), TranscriptionForm)
+    upload, form = await read_fields(request, TranscriptionForm)
     service = runtime(request).transcriber(form.model)
     _check_combinations(form)
     granularities = set(form.timestamp_granularities)

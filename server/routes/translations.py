@@ -9,7 +9,7 @@ from litestar import Request, Response, post
 from models.base import DecodingOptions
 from server import openapi
 from server.formats import RenderOptions
-from server.forms import parse_form, read_form
+from server.forms import read_fields
 from server.protocol import TranslationForm
 from server.routes.stt import run_job
 from server.runtime import runtime
@@ -23,7 +23,7 @@ from server.transcription import TranscriptionJob
     opt={"queue": "transcription"},
 )
 async def create_translation(request: Request[Any, Any, Any]) -> Response[bytes]:
-    upload, form = parse_form(await read_form(request), TranslationForm)
+    upload, form = await read_fields(request, TranslationForm)
     service = runtime(request).transcriber(form.model)
     options = DecodingOptions(prompt=form.prompt, temperature=form.temperature, task="translate")
     service.check(options)

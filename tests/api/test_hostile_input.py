@@ -205,11 +205,11 @@ CASES = [
         for ext in ("wav", "mp3", "flac")
     ),
     Case(
-        "wav-named-mp3",
-        lambda: form(upload(b"a.mp3", wav())),
+        "playlist-of-a-local-file-named-wav",
+        lambda: form(upload(b"a.wav", b"#EXTM3U\n#EXTINF:1.0,\nfile:///etc/passwd\n")),
         400,
         "file",
-        "WAV / WAVE (Waveform Audio), not what its name says",
+        "could not be decoded",
     ),
     Case(
         "wav-claiming-4000000000-hz",
@@ -304,8 +304,8 @@ CASES = [
         "speech-body-150000-deep-objects",
         lambda: raw_speech(deep_object()),
         400,
-        "a",
-        "unknown field `a`",
+        None,
+        "nested too deeply",
     ),
     Case(
         "speech-voice-150000-deep",
@@ -365,13 +365,6 @@ CASES = [
         400,
         "voice",
         "length <= 256",
-    ),
-    Case(
-        "field-name-of-3000-chars",
-        with_wav(text(b"x" * 3000, b"1")),
-        400,
-        "x" * 99 + "\u2026",
-        "unknown field",
     ),
     Case(
         "speech-speed-1e999",
@@ -537,8 +530,8 @@ def test_after_the_corpus_the_server_still_transcribes_and_speaks(live: LiveServ
 
 @post("/form")
 async def _form_echo(request: Request[Any, Any, Any]) -> dict[str, str]:
-    _, parsed = parse_form(await read_form(request), TranscriptionForm)
-    return {"model": parsed.model}
+    parsed = parse_form(await read_form(request), TranscriptionForm)
+    return {"model": parsed.fields.model}
 
 
 @pytest.fixture(scope="module")

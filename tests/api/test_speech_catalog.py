@@ -31,22 +31,29 @@ def test_a_catalog_puts_kokoro_behind_a_model_name() -> None:
             "/v1/audio/speech",
             json={"model": "tts-1-hd", "voice": "sage", "input": "Good morning, everyone."},
         )
-        voices = http.get("/v1/audio/voices").json()["data"]
+        voices = http.get("/v1/audio/voices").json()
         models = [m["id"] for m in http.get("/v1/models").json()["data"]]
     assert response.status_code == 200
     samples, rate, _ = decode_native(response.content)
     assert rate == 24_000
     assert 0.8 < len(samples) / rate < 6.0
-    assert voices == [
+    assert voices["voices"] == [{"id": name, "name": name} for name in ("alloy", "sage")]
+    assert voices["data"] == [
         {
             "model": "tts-1-hd",
             "voices": [
-                {"id": name, "backend": "kokoro", "speaker": "jf_alpha", "sample_rate": 24_000}
+                {
+                    "id": name,
+                    "name": name,
+                    "backend": "kokoro",
+                    "speaker": "jf_alpha",
+                    "sample_rate": 24_000,
+                }
                 for name in ("alloy", "sage")
             ],
         }
     ]
-    assert models == ["tts-1-hd"]
+    assert models == ["tts-1-hd", "gpt-4o-mini-tts"]  # tts-1-hd's default alias
 
 
 @pytest.mark.parametrize(

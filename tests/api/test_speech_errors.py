@@ -40,7 +40,7 @@ def post_json(server: LiveServer, **changes: Any) -> tuple[int, dict[str, Any] |
         ({"response_format": "ogg"}, "response_format"),
         ({"stream_format": "chunks"}, "stream_format"),
         ({"voice": {"name": "alloy"}}, "voice"),
-        ({"temperature": 0.5}, "temperature"),
+        ({"speed": "fast"}, "speed"),
         ({"input": "\U0001f600\U0001f44d\u200b\n\t**"}, "input"),
     ],
 )
@@ -60,11 +60,11 @@ def test_input_of_exactly_4096_characters_is_accepted(server: LiveServer) -> Non
 
 def test_an_unknown_voice_lists_the_choices(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.audio.speech.create(model="tts-1", voice="ash", input="Hi.")
+        client.audio.speech.create(model="tts-1", voice="gravel", input="Hi.")
     error = caught.value.body
     assert isinstance(error, dict)
     assert error["param"] == "voice"
-    for voice in ("alloy", "echo", "fable", "onyx", "nova", "shimmer"):
+    for voice in ("alloy", "ash", "coral", "echo", "fable", "onyx", "nova", "shimmer"):
         assert voice in error["message"]
 
 
@@ -75,8 +75,11 @@ def test_an_unknown_model_is_404(client: openai.OpenAI) -> None:
 
 
 def test_a_transcription_model_is_not_a_speech_model(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError) as caught:
         client.audio.speech.create(model="whisper-1", voice="alloy", input="Hi.")
+    error = caught.value.body
+    assert isinstance(error, dict) and error["param"] == "model"
+    assert "/v1/audio/transcriptions" in error["message"]
 
 
 @pytest.mark.parametrize(

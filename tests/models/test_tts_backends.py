@@ -18,6 +18,7 @@ from models.kokoro import MAX_PHONEMES as KOKORO_MAX_PHONEMES
 from models.kokoro import KokoroBackend
 from models.onnx_session import MAX_PASS_SECONDS, TRIM_AFTER_SECONDS, release_memory
 from models.piper import MAX_PASS_IDS, PACE, PassBudget, PiperBackend, plan_passes
+from models.tempo import NATIVE_PACE, pace_and_tempo, stages, stretch, stretched_length
 from models.voices import HEART, JOE, build_speech_backend
 from models.whisper_ct2 import WhisperCT2Backend
 from tests.models.conftest import to_16k
@@ -322,3 +323,59 @@ def test_whisper_understands_the_speech(
     heard = [result.text for result in whisper.transcribe_batch(items)]
     wer = word_error_rate(list(zip(texts, heard, strict=True)))
     assert wer is not None and wer <= 0.15, heard
+
+
+# -- the time-stretch that makes a request's speed ----------------------------------
+
+
+def _voiced_tone(rate: int, seconds: float, f0: float = 90.0) -> AudioArray:
+    """A low voice's harmonics (f0 with 10% vibrato), gated into ~3 syllables a second."""
+    t = np.arange(int(rate * seconds)) / rate
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))) / rate
+    tone = sum(np.sin(k * phase) / k for k in range(1, 15)) * 0.1
+    return (tone * (np.sin(2 * np.pi * 3 * t) > -0.3)).astype(np.float32)
+
+
+def _crossings_per_second(audio: AudioArray, rate: int) -> float:
+    """Upward zero crossings of the fundamental alone (low-passed at 150 Hz by FFT)."""
+    spectrum = np.fft.rfft(audio)
+    spectrum[np.fft.rfftfreq(len(audio), 1 / rate) > 150] = 0
+    low = np.fft.irfft(spectrum, len(audio))
+    window = int(0.02 * rate)
+    loudness = np.sqrt(np.convolve(low**2, np.ones(window) / window, mode="same"))
+    voiced = loudness > 0.03
+    ups = np.count_nonzero((low[:-1] < 0) & (low[1:] >= 0) & voiced[1:])
+    return ups / (np.count_nonzero(voiced) / rate)
+
+
+@pytest.mark.parametrize("tempo", [0.25, 0.5, 0.8, 1.5, 2.0, 3.0, 4.0])
+def test_a_stretch_is_exact_in_length_and_keeps_the_pitch(tempo: float) -> None:
+    rate = 24_000
+    tone = _voiced_tone(rate, 4.0)
+    out = stretch(tone, rate, tempo)
+    assert len(out) == stretched_length(len(tone), tempo) == round(len(tone) / tempo)
+    before, after = _crossings_per_second(tone, rate), _crossings_per_second(out, rate)
+    assert abs(after / before - 1) < 0.05, (before, after)  # resampling would be x tempo
+
+
+@pytest.mark.parametrize("tempo", [0.25, 2.0, 4.0])
+def test_a_stretch_keeps_the_last_sound(tempo: float) -> None:
+    """atempo holds back its last window (84 ms at 0.25): speech that ends at the very
+    end of its audio must still end the stretched audio, not be cut to silence."""
+    rate = 22_050
+    tone = _voiced_tone(rate, 1.0)
+    tone[-rate // 10 :] = 0.3 * np.sin(2 * np.pi * 150 * np.arange(rate // 10) / rate)
+    out = stretch(tone, rate, tempo)
+    tail = out[-int(0.02 * rate) :]
+    assert np.sqrt(np.mean(tail**2)) > 0.1, "the last sound was cut off"
+
+
+def test_the_request_speed_is_all_stretch_and_the_voice_pace_is_kept_in_range() -> None:
+    for speed in (0.25, 0.5, 1.0, 2.0, 4.0):
+        assert pace_and_tempo(speed) == (1.0, speed)  # same model pace: shared batches
+        pace, tempo = pace_and_tempo(speed, voice_speed=1.1)
+        assert pace == 1.1 and tempo == pytest.approx(speed)
+        pace, tempo = pace_and_tempo(speed, voice_speed=3.0)
+        assert pace == NATIVE_PACE[1] and pace * tempo == pytest.approx(speed * 3.0)
+    assert stages(4.0) == [2.0, 2.0] and stages(0.25) == [0.5, 0.5]
+    assert all(0.5 <= s <= 2.0 for t in (0.3, 0.7, 2.5, 3.9) for s in stages(t))

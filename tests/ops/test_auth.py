@@ -44,7 +44,7 @@ def _sdk(live: LiveServer, key: str) -> openai.OpenAI:
 
 def test_every_configured_key_is_accepted(guarded: LiveServer) -> None:
     for key in ("key-one", "key-two", "key-from-file"):
-        assert [m.id for m in _sdk(guarded, key).models.list()] == ["whisper-1"]
+        assert "whisper-1" in [m.id for m in _sdk(guarded, key).models.list()]
 
 
 def test_a_wrong_key_is_a_401_in_openais_envelope(guarded: LiveServer) -> None:
@@ -79,14 +79,14 @@ def _concrete_paths(app: Litestar) -> list[tuple[str, str]]:
 def test_every_route_but_the_public_ones_is_guarded(guarded: LiveServer) -> None:
     """Walks the app's own route table, so a route added later is checked too."""
     app = create_app(make_settings(speech_models=()))
-    public = set(make_settings().public_paths)
+    settings = make_settings()
     routes = _concrete_paths(app)
     assert len(routes) >= 9
     with patient_http(guarded) as http:
         for method, path in routes:
             response = http.request(method, path)
-            if path in public:
-                assert response.status_code in (200, 503), (method, path)
+            if settings.is_public(path):  # 404: a docs file named "x" does not exist
+                assert response.status_code in (200, 404, 503), (method, path)
             else:
                 assert response.status_code == 401, (method, path, response.text)
 

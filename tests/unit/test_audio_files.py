@@ -1,8 +1,10 @@
-"""Valid files ffmpeg plays that were refused: joined MP3s, a short sound track on a long video.
+"""Valid files ffmpeg plays that were refused: joined MP3s, a short sound track on a long
+video, files named as people name them (``.opus``, ``.weba``, ``.3gp``, ``.amr``...).
 
 Each file is made here with PyAV: MP3s as a podcast tool writes them (an ID3 tag,
 then a Xing frame, then the audio), joined with ``cat``; an MP4 whose video runs
-ten hours (two tiny frames ten hours apart) and whose audio runs three seconds.
+ten hours (two tiny frames ten hours apart) and whose audio runs three seconds; a
+second of a 440 Hz tone in every container and codec the error message names.
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ import av
 import numpy as np
 import pytest
 
-from server.audio import AudioLimits, corrupt_allowance, decode_audio
+from server.audio import (
+    MORE_EXTENSIONS,
+    SUPPORTED_EXTENSIONS,
+    SUPPORTED_LIST,
+    AudioLimits,
+    corrupt_allowance,
+    decode_audio,
+)
 from server.errors import InvalidAudio
-from tests.unit.test_audio_limits import OUT_RATE, encode, peak_hz, tone
+from tests.unit.test_audio_limits import OUT_RATE, encode, peak_hz, tone, wav_file
 
 DEFAULT = AudioLimits(4 * 3600, 8 << 30)
 RATE = 16_000
@@ -105,3 +114,94 @@ def test_a_video_whose_sound_is_too_long_is_still_refused_by_its_header() -> Non
     with pytest.raises(InvalidAudio) as refused:
         decode_audio(data, AudioLimits(2, 8 << 30), "talk.mp4")
     assert "declares 3 seconds" in str(refused.value)
+
+
+# -- the name is not the judge: the content is ------------------------------------------------
+
+
+def tone_file(container_format: str, codec: str, rate: int, bit_rate: int | None = None) -> bytes:
+    """One second of a 440 Hz tone, ``codec`` in ``container_format``, made by PyAV.
+
+    The encoder converts the float frame to its own sample format and frame size.
+    """
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        samples = tone(1.0, rate).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = 0
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+NAMED_FILES = {
+    "speech.opus": ("ogg", "libopus", 48_000),  # what our own speech route's opus is
+    "speech.oga": ("ogg", "opus", 48_000),
+    "speech.weba": ("webm", "libopus", 48_000),  # a browser's MediaRecorder
+    "speech.mka": ("matroska", "flac", 16_000),
+    "speech.mkv": ("matroska", "aac", 16_000),
+    "speech.mov": ("mov", "aac", 16_000),
+    "speech.3gp": ("3gp", "libopencore_amrnb", 8_000),  # a phone's voice recorder
+    "speech.aac": ("adts", "aac", 16_000),
+    "speech.amr": ("amr", "libopencore_amrnb", 8_000),
+    "speech.aif": ("aiff", "pcm_s16be", 16_000),
+    "speech.aiff": ("aiff", "pcm_s16be", 22_050),
+    "speech.caf": ("caf", "alac", 16_000),
+    "speech.wma": ("asf", "wmav2", 16_000),
+}
+
+
+def test_every_name_the_message_adds_to_openais_is_tested_here() -> None:
+    tested = {name.rsplit(".", 1)[1] for name in NAMED_FILES}
+    assert set(MORE_EXTENSIONS) <= tested <= set(SUPPORTED_EXTENSIONS)
+
+
+@pytest.mark.parametrize(("filename", "made_as"), NAMED_FILES.items(), ids=list(NAMED_FILES))
+def test_files_named_as_people_name_them_decode(
+    filename: str, made_as: tuple[str, str, int]
+) -> None:
+    container_format, codec, rate = made_as
+    data = tone_file(container_format, codec, rate, bit_rate=64_000 if codec == "wmav2" else None)
+    audio = decode_audio(data, DEFAULT, filename)
+    assert abs(len(audio) - OUT_RATE) <= 0.1 * OUT_RATE, len(audio) / OUT_RATE  # codec padding
+    assert peak_hz(audio) == pytest.approx(440, abs=5)
+
+
+WAV_1S = wav_file(tone(1.0, RATE), RATE)
+
+
+@pytest.mark.parametrize(
+    "filename", ["speech.mp3", "speech.flac", "speech.ogg", "notes.txt", "take.bin", "a.tar.gz"]
+)
+def test_a_wav_under_any_name_is_decoded_as_the_wav_it_is(filename: str) -> None:
+    assert len(decode_audio(WAV_1S, DEFAULT, filename)) == OUT_RATE
+
+
+def test_a_flac_named_ogg_is_decoded_as_flac() -> None:
+    flac = tone_file("flac", "flac", RATE)
+    assert len(decode_audio(flac, DEFAULT, "a.ogg")) == OUT_RATE
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"hello, this is a text file\n" * 40, "could not be decoded"),
+        (tone_file("au", "pcm_mulaw", 8_000), "Sun AU, not a supported type"),
+        (tone_file("w64", "pcm_s16le", RATE), "Wave64, not a supported type"),
+    ],
+    ids=["text", "sun-au", "wave64"],
+)
+def test_what_is_not_a_supported_container_is_refused_with_the_list(data: bytes, says: str) -> None:
+    """ffmpeg plays Sun AU and Wave64; outside the list is outside, whatever the name."""
+    with pytest.raises(InvalidAudio) as refused:
+        decode_audio(data, DEFAULT, "speech.wav")
+    assert says in refused.value.message
+    assert SUPPORTED_LIST in refused.value.message
+    assert "opus" in SUPPORTED_LIST and "flac, m4a, mp3" in SUPPORTED_LIST
