@@ -25,12 +25,10 @@ as ``native_ratio`` and ``native_wer`` (read back by the same server).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import sys
 import time
-import wave
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +38,7 @@ import numpy.typing as npt
 
 from benchmarks.server_process import serving
 from models.tempo import stretch
-from tests.speech import SENTENCES, decode_native, word_error_rate
+from tests.speech import SENTENCES, decode_native, wav_bytes, word_error_rate
 
 JSON = dict[str, Any]
 TEXT = " ".join(SENTENCES[11:14])
@@ -53,14 +51,8 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def wav_bytes(samples: npt.NDArray[np.float32], rate: int) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
+def float_wav(samples: npt.NDArray[np.float32], rate: int) -> bytes:
+    return wav_bytes((np.clip(samples, -1, 1) * 32767).astype(np.int16), rate)
 
 
 def transcribe(http: httpx.Client, audio: bytes) -> float:
@@ -123,7 +115,7 @@ def measure(http: httpx.Client, voice: str, speeds: Sequence[float], with_native
         }
         if natives:
             row["native_ratio"] = round(len(natives[speed]) * speed / len(natives[1.0]), 4)
-            row["native_wer"] = transcribe(http, wav_bytes(natives[speed], native_rate))
+            row["native_wer"] = transcribe(http, float_wav(natives[speed], native_rate))
         log(f"{voice} {json.dumps(row)}")
         rows.append(row)
     return {"voice": voice, "seconds_at_1": round(len(normal) / rate, 3), "speeds": rows}
