@@ -182,7 +182,7 @@ class WhisperCT2Backend:
 
         ``align`` takes one start sequence per call, so windows are grouped by it
         (in practice by language and task); a group that is not the whole batch
-        gets its rows of the encoder output copied out.
+        gets its rows of the encoder output copied out (:func:`take_rows`).
         """
         wanted = [
             i
@@ -193,15 +193,9 @@ class WhisperCT2Backend:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i in wanted:
             groups.setdefault(tuple(tokenizers[i].sot_sequence), []).append(i)
-        host: np.ndarray | None = None  # the encoder output on the CPU, copied once
         for sot_sequence, members in groups.items():
-            features = encoder_output
-            if len(members) != len(items):
-                if host is None:
-                    host = np.asarray(encoder_output.to_device(ctranslate2.Device.cpu))
-                features = ctranslate2.StorageView.from_array(np.ascontiguousarray(host[members]))
             results = self.model.model.align(
-                features,
+                take_rows(encoder_output, members),
                 list(sot_sequence),
                 [decoded[i].tokens for i in members],
                 [len(items[i].audio) // HOP_LENGTH for i in members],
