@@ -233,7 +233,9 @@ OPENAPI = OpenAPIConfig(
     description=(
         "OpenAI-compatible speech-to-text and text-to-speech. Every error is OpenAI's "
         'envelope, `{"error": {"message", "type", "param", "code"}}`, with '
-        "the statuses each operation lists; an unexpected fault is a 500 in the same envelope."
+        "the statuses each operation lists; an unexpected fault is a 500 in the same envelope. "
+        "Realtime transcription is a WebSocket at `/v1/realtime?intent=transcription` "
+        "(OpenAI's Realtime protocol), which OpenAPI cannot describe: see the README."
     ),
     components=Components(
         security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}

@@ -42,6 +42,7 @@ import uvicorn
 from litestar import Litestar
 from prometheus_client import Counter
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
 from server.errors import ErrorBody, ErrorEnvelope
@@ -469,12 +470,32 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 
 
+class RefusingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, for which an HTTP answer to the handshake is complete.
+
+    An app may refuse an upgrade with a real HTTP response (ASGI's
+    ``websocket.http.response`` extension): the realtime route answers a bad key 401
+    and a full server 429 in OpenAI's envelope, which clients can read, where a bare
+    refusal is a 403 with no body. uvicorn sends that response but does not count it
+    as the end of the handshake, and logs "ASGI callable returned without completing
+    handshake" at ERROR for every refused client; here it counts.
+    """
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True
+
+
 class HardenedConfig(uvicorn.Config):
-    """A ``uvicorn.Config`` whose connections are :class:`HardenedHttpToolsProtocol`,
-    carrying what they share (one :class:`ConnectionGuard` per server)."""
+    """A ``uvicorn.Config`` whose connections are :class:`HardenedHttpToolsProtocol`
+    (and :class:`RefusingWebSocketProtocol` once upgraded), carrying what they share
+    (one :class:`ConnectionGuard` per server)."""
 
     def __init__(self, app: Any, *, guard: ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(app, http=HardenedHttpToolsProtocol, **kwargs)
+        super().__init__(
+            app, http=HardenedHttpToolsProtocol, ws=RefusingWebSocketProtocol, **kwargs
+        )
         self.guard = guard
 
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+REALTIME_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
 MODEL_STATES = ("loading", "ready", "failed")
 
 
@@ -109,6 +110,33 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+
+        self.realtime_sessions = Gauge(
+            "voxserve_realtime_sessions",
+            "Realtime transcription sessions open (WebSocket).",
+            registry=self.registry,
+        )
+        self.realtime_utterances = Counter(
+            "voxserve_realtime_utterances",
+            "Utterances committed in realtime sessions, by model and outcome "
+            "(completed, failed, cancelled: the client left first).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.realtime_latency_seconds = Histogram(
+            "voxserve_realtime_latency_seconds",
+            "From an utterance's commit (the end of speech, in server_vad mode) to its "
+            "`completed` event.",
+            ["model"],
+            buckets=REALTIME_BUCKETS,
+            registry=self.registry,
+        )
+
+    def realtime_utterance(self, model: str, outcome: str) -> None:
+        self.realtime_utterances.labels(model, outcome).inc()
+
+    def realtime_latency(self, model: str, seconds: float) -> None:
+        self.realtime_latency_seconds.labels(model).observe(seconds)
 
     def fallback(self, model: str) -> None:
         self.fallbacks.labels(model).inc()

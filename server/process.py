@@ -6,6 +6,9 @@ uvicorn alone would. It turns ``/ready`` to 503 and refuses new work with 503 an
 elsewhere), lets the requests in flight finish for up to ``drain_seconds``, answers what is
 still queued after that with a retryable 503, and only then shuts uvicorn down and
 exits 0. A second signal stops it at once.
+Realtime sessions (``/v1/realtime``) count as requests in flight: at the drain each
+commits the speech in progress, has its utterances answered, says so in an ``error``
+event (``server_shutting_down``) and closes with 1012, and new handshakes get 503.
 This is the order Kubernetes expects: preStop sleep, SIGTERM, drain, exit before
 ``terminationGracePeriodSeconds`` runs out.
 
@@ -92,7 +95,7 @@ class DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(self._begin_drain)
 
     def _begin_drain(self) -> None:
-        self.runtime.draining = True
+        self.runtime.begin_drain()
         _start_watchdog(self.runtime.settings.drain_seconds + FORCED_EXIT_SECONDS)
         logger.info(
             "draining: %d requests in flight, up to %g s",

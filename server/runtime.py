@@ -58,6 +58,10 @@ class Runtime:
     """Every catalog model id (transcription and speech) and how its loading went."""
     started_at: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False
+    drain: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a drain begins (:meth:`begin_drain`): realtime sessions then wind down."""
+    realtime_sessions: int = 0
+    """Realtime transcription sessions open (``realtime_max_sessions`` bounds them)."""
     in_flight: int = 0
     """API requests (not probes) being served; a drain waits for this to reach 0."""
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -90,6 +94,11 @@ class Runtime:
     def request_started(self) -> None:
         self.in_flight += 1
         self.idle.clear()
+
+    def begin_drain(self) -> None:
+        """Refuse new work from now on (503) and tell the open sessions to wind down."""
+        self.draining = True
+        self.drain.set()
 
     def request_finished(self) -> None:
         self.in_flight -= 1

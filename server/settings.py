@@ -193,6 +193,37 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         ),
     ] = 15.0
 
+    # -- realtime transcription sessions (WebSocket) --
+    realtime_max_sessions: Annotated[
+        int,
+        _doc(
+            "Realtime sessions open at once (`/v1/realtime`); the next handshake gets 429. "
+            "Each costs its VAD (about 1% of a core) and its buffered audio."
+        ),
+    ] = 64
+    realtime_max_session_seconds: Annotated[
+        float,
+        _doc(
+            "A realtime session ends this long after it opened (OpenAI's 60 minutes): an "
+            "`error` event `session_expired`, its utterances answered, then close code 1000."
+        ),
+    ] = 3600.0
+    realtime_idle_seconds: Annotated[
+        float,
+        _doc(
+            "A realtime session whose client sends nothing for this long ends with an "
+            "`error` event `session_idle_timeout` and close code 1000."
+        ),
+    ] = 120.0
+    realtime_max_buffer_seconds: Annotated[
+        float,
+        _doc(
+            "Most audio one realtime utterance may hold: with manual commits an append past "
+            "it is refused (`input_audio_buffer_too_large`); with `server_vad` a turn that "
+            "reaches it is committed there and the speech goes on as the next turn."
+        ),
+    ] = 300.0
+
     # -- connections, before a request reaches the app --
     max_request_line_bytes: Annotated[
         int,
@@ -263,6 +294,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             raise ValueError("max_queue_time must be positive and drain_seconds not negative")
         if any(not path.startswith("/") for path in self.public_paths):
             raise ValueError("public_paths must be absolute paths")
+        if self.realtime_max_sessions < 0:
+            raise ValueError("realtime_max_sessions must not be negative")
+        for name in (
+            "realtime_max_session_seconds",
+            "realtime_idle_seconds",
+            "realtime_max_buffer_seconds",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
         if self.max_audio_seconds <= 0:
             raise ValueError("max_audio_seconds must be positive")
         if not 1.0 <= self.speech_max_pass_seconds <= 600.0:
