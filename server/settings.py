@@ -223,6 +223,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             "reaches it is committed there and the speech goes on as the next turn."
         ),
     ] = 300.0
+    realtime_interim_seconds: Annotated[
+        float,
+        _doc(
+            "0: each realtime utterance's text is sent once it is committed (OpenAI's "
+            "`whisper-1`). Otherwise, while a person speaks, the turn so far is decoded "
+            "again every this many seconds of audio and the words two decodes agree on go "
+            "out as `delta` events at once; text sent never changes. Costs a decode per "
+            "interval per speaker."
+        ),
+    ] = 0.0
 
     # -- connections, before a request reaches the app --
     max_request_line_bytes: Annotated[
@@ -303,6 +313,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        if self.realtime_interim_seconds < 0:
+            raise ValueError("realtime_interim_seconds must not be negative")
         if self.max_audio_seconds <= 0:
             raise ValueError("max_audio_seconds must be positive")
         if not 1.0 <= self.speech_max_pass_seconds <= 600.0:

@@ -60,6 +60,7 @@ from server.realtime.events import (
     server_event,
     session_object,
 )
+from server.realtime.interim import Interim
 from server.runtime import Runtime
 from server.transcription import PreparedAudio, Transcript, TranscriptionJob
 
@@ -73,6 +74,8 @@ LARGE_APPEND_CHARS = 256 << 10
 """An append this large (about 4 s of 24 kHz audio) is decoded in a thread, not on the loop."""
 FRAME = 512
 """Silero's frame at 16 kHz."""
+INTERIM_MAX_SAMPLES = 30 * SAMPLE_RATE
+"""Interim decodes stop once a turn is longer than one Whisper window."""
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -127,6 +130,9 @@ class TranscriptionSession:
         self._vad_task: asyncio.Task[None] | None = None
         self._speech_item: str | None = None
         self._speech_start = 0
+        self._interim_samples = int(settings.realtime_interim_seconds * SAMPLE_RATE)
+        """0: no interim text (:mod:`server.realtime.interim`)."""
+        self._interim: Interim | None = None
         # utterances
         self._utterances: set[asyncio.Task[None]] = set()
         self._last_utterance: asyncio.Task[None] | None = None
@@ -271,8 +277,8 @@ class TranscriptionSession:
                 code="input_audio_buffer_commit_empty",
             )
         item = self._speech_item or new_id("item")
-        self._end_turn()
-        self._commit(first, last, item)
+        interim = self._end_turn()
+        self._commit(first, last, item, interim)
 
     def _clear(self) -> None:
         self._buffer.clear()
@@ -299,11 +305,16 @@ class TranscriptionSession:
         self._vad_pending = []
         self._start_vad()
 
-    def _end_turn(self) -> None:
-        """Speech in progress is no longer a turn of its own (committed or cleared)."""
+    def _end_turn(self, *, reset: bool = True) -> Interim | None:
+        """Speech in progress is no longer a turn of its own (committed or cleared); its
+        interim state, if any, is handed back (its decode in flight cancelled)."""
         self._speech_item = None
-        if self._turns is not None:
+        interim, self._interim = self._interim, None
+        if interim is not None:
+            interim.stop()
+        if reset and self._turns is not None:
             self._turns.reset()
+        return interim
 
     async def _run_vad(self) -> None:
         """Score new audio as it comes, a backlog at a time, in a worker thread."""
@@ -327,6 +338,7 @@ class TranscriptionSession:
                     self._speech_ended(origin + change.sample)
             scored = origin + stream.frames * FRAME
             self._bound_turn(scored)
+            self._maybe_interim(scored)
             if self._speech_item is None:
                 padding = self._padding()
                 self._buffer.drop_before(max(scored - padding - FRAME, self._committed_until))
@@ -339,6 +351,8 @@ class TranscriptionSession:
         start = max(position - self._padding(), self._committed_until, self._buffer.start)
         self._speech_item = new_id("item")
         self._speech_start = start
+        if self._interim_samples and self.config.transcription is not None:
+            self._interim = Interim(next_at=position + self._interim_samples)
         self._emit(
             server_event(
                 "input_audio_buffer.speech_started",
@@ -347,17 +361,17 @@ class TranscriptionSession:
             )
         )
 
-    def _speech_ended(self, position: int) -> None:
+    def _speech_ended(self, position: int, *, reset: bool = True) -> None:
         item = self._speech_item
         if item is None:
             return  # committed by the client meanwhile
-        self._speech_item = None
+        interim = self._end_turn(reset=reset)
         self._emit(
             server_event(
                 "input_audio_buffer.speech_stopped", audio_end_ms=position // MS, item_id=item
             )
         )
-        self._commit(self._speech_start, position, item)
+        self._commit(self._speech_start, position, item, interim)
 
     def _bound_turn(self, scored: int) -> None:
         """A turn that reaches ``realtime_max_buffer_seconds`` is committed there, and the
@@ -365,16 +379,8 @@ class TranscriptionSession:
         if self._speech_item is None or scored - self._speech_start < self._max_buffer:
             return
         end = self._speech_start + self._max_buffer
-        self._speech_ended(end)
-        self._speech_item = new_id("item")
-        self._speech_start = end
-        self._emit(
-            server_event(
-                "input_audio_buffer.speech_started",
-                audio_start_ms=end // MS,
-                item_id=self._speech_item,
-            )
-        )
+        self._speech_ended(end, reset=False)  # the detector still hears speech
+        self._speech_began(end + self._padding())
 
     def finish_speech(self) -> None:
         """The drain: speech in progress is committed as it stands."""
@@ -383,7 +389,43 @@ class TranscriptionSession:
 
     # -- utterances ----------------------------------------------------------------
 
-    def _commit(self, first: int, last: int, item: str) -> None:
+    def _maybe_interim(self, scored: int) -> None:
+        """Decode the turn so far again, if interim text is on and a decode is due."""
+        interim, item = self._interim, self._speech_item
+        if interim is None or item is None or scored < interim.next_at:
+            return
+        if interim.task is not None and not interim.task.done():
+            return  # one decode at a time; the next is due once it is back
+        if scored - self._speech_start > INTERIM_MAX_SAMPLES:
+            return  # beyond one window every decode would cost more: wait for the end
+        interim.next_at = scored + self._interim_samples
+        audio = self._buffer.slice(self._speech_start, scored)
+        interim.task = asyncio.create_task(
+            self._interim_decode(item, interim, audio, self.config), name=f"interim-{item}"
+        )
+
+    async def _interim_decode(
+        self, item: str, interim: Interim, audio: PCM16, config: SessionConfig
+    ) -> None:
+        try:
+            transcript = await self._transcribe(audio, config, fallback=False)
+        except VoxserveError:
+            return  # a full queue or a model not ready: the final decode will say so
+        if interim is not self._interim:
+            return  # the turn ended meanwhile
+        previous = self._last_utterance
+        delta = interim.agree(transcript.text, may_send=previous is None or previous.done())
+        if delta:
+            self._emit(
+                server_event(
+                    "conversation.item.input_audio_transcription.delta",
+                    item_id=item,
+                    content_index=0,
+                    delta=delta,
+                )
+            )
+
+    def _commit(self, first: int, last: int, item: str, interim: Interim | None = None) -> None:
         audio = self._buffer.slice(first, last)
         self._buffer.drop_before(last)
         self._committed_until = max(self._committed_until, last)
@@ -397,7 +439,7 @@ class TranscriptionSession:
             return
         before = self._last_utterance
         task = asyncio.create_task(
-            self._utterance(item, audio, self.config, before), name=f"utterance-{item}"
+            self._utterance(item, audio, self.config, before, interim), name=f"utterance-{item}"
         )
         self._last_utterance = task
         self._utterances.add(task)
@@ -410,6 +452,7 @@ class TranscriptionSession:
         audio: PCM16,
         config: SessionConfig,
         before: asyncio.Task[None] | None,
+        interim: Interim | None,
     ) -> None:
         """Transcribe one committed utterance and send its result, after the one before."""
         committed_at = time.monotonic()
@@ -428,9 +471,11 @@ class TranscriptionSession:
             logprobs = (
                 msgspec.to_builtins(logprobs_json(transcript.logprobs)) if config.logprobs else None
             )
-            text = transcript.text
-            if text:
-                delta: dict[str, Any] = {"item_id": item, "content_index": 0, "delta": text}
+            text, last_delta = transcript.text, transcript.text
+            if interim is not None:
+                text, last_delta = interim.final(text)
+            if last_delta:
+                delta: dict[str, Any] = {"item_id": item, "content_index": 0, "delta": last_delta}
                 if logprobs is not None:
                     delta["logprobs"] = logprobs
                 self._emit(
@@ -456,7 +501,9 @@ class TranscriptionSession:
         finally:
             metrics.realtime_utterance(record.model, record.outcome)
 
-    async def _transcribe(self, audio: PCM16, config: SessionConfig) -> Transcript:
+    async def _transcribe(
+        self, audio: PCM16, config: SessionConfig, *, fallback: bool = True
+    ) -> Transcript:
         """The utterance through the model's queue, as one request: the file endpoint's path."""
         assert config.transcription is not None
         setting = config.transcription
@@ -464,7 +511,7 @@ class TranscriptionSession:
         options = DecodingOptions(
             language=setting.language, prompt=setting.prompt, token_logprobs=config.logprobs
         )
-        job = TranscriptionJob(options)
+        job = TranscriptionJob(options, fallback=fallback)
         with service.scheduler.admit(work=len(audio) / SAMPLE_RATE) as ticket:
             window_seconds = service.backend.window_seconds
             windows = await anyio.to_thread.run_sync(plan_windows, audio, window_seconds)

@@ -60,7 +60,9 @@ class Ending:
 
 
 def _ending(code: str, message: str, close_code: int = CLOSE_NORMAL) -> Ending:
-    return Ending(EventError(message, code=code, error_type="server_error"), close_code)
+    """A limit the session reached is the client's to mind; the drain is the server's doing."""
+    error_type = "server_error" if close_code == CLOSE_SERVICE_RESTART else "invalid_request_error"
+    return Ending(EventError(message, code=code, error_type=error_type), close_code)
 
 
 @websocket("/v1/realtime")
