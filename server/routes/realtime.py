@@ -131,9 +131,12 @@ async def _serve(
             if receive is None:
                 receive = asyncio.create_task(_receive(socket))
             idle = settings.realtime_idle_seconds
-            timeout = min(idle, deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            expiring = left <= idle  # decided now: a timer may fire a hair early
             done, _ = await asyncio.wait(
-                {receive, drain, writer}, timeout=max(timeout, 0), return_when="FIRST_COMPLETED"
+                {receive, drain, writer},
+                timeout=max(min(idle, left), 0),
+                return_when="FIRST_COMPLETED",
             )
             if writer in done:
                 return "client gone"
@@ -146,7 +149,7 @@ async def _serve(
                 )
                 return await _end(socket, session, outbox, writer, receive, ending, runtime)
             if receive not in done:
-                if time.monotonic() >= deadline:
+                if expiring:
                     minutes = settings.realtime_max_session_seconds / 60
                     ending = _ending(
                         "session_expired",

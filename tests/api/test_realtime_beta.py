@@ -28,7 +28,7 @@ def live() -> Iterator[LiveServer]:
 async def _next(ws: Any, kind: str) -> dict[str, Any]:
     """The next event of type ``kind``; an ``error`` on the way fails the test."""
     while True:
-        event = json.loads(await asyncio.wait_for(ws.recv(), PATIENCE_S))
+        event: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), PATIENCE_S))
         assert event["type"] != "error", event
         if event["type"] == kind:
             return event
