@@ -6,11 +6,12 @@ uvicorn alone would. It turns ``/ready`` to 503 and refuses new work with 503 an
 elsewhere), lets the requests in flight finish for up to ``drain_seconds``, answers what is
 still queued after that with a retryable 503, and only then shuts uvicorn down and
 exits 0. A second signal stops it at once.
-Realtime sessions (``/v1/realtime``) count as requests in flight: at the drain each
-commits the speech in progress, has its utterances answered, says so in an ``error``
-event (``server_shutting_down``) and closes with 1012, and new handshakes get 503.
 This is the order Kubernetes expects: preStop sleep, SIGTERM, drain, exit before
 ``terminationGracePeriodSeconds`` runs out.
+
+Realtime sessions (``/v1/realtime``) count as requests in flight: at the drain each
+commits the speech in progress, has its utterances answered, says so in an ``error``
+event (``server_shutting_down``) and closes with 1012; new handshakes get 503.
 
 The exit comes within ``drain_seconds`` + 2 s whatever is still running: at the
 deadline every request without a response is answered 503 ``draining``

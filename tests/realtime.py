@@ -21,9 +21,10 @@ import json
 import time
 import warnings
 import wave
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import cycle
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import av
 import numpy as np
@@ -38,9 +39,16 @@ from websockets.exceptions import ConnectionClosed
 from tests.patience import PATIENCE_S, POLL_S
 from tests.speech import speak, timed_speech, wav_bytes
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop
+
+def _audioop() -> Any:
+    """The old ``audioop`` (Python 3.11, 3.12; gone in 3.13), imported where G.711 is
+    needed, so that the other realtime tests import this module on any Python."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+
+    return audioop
+
 
 PCM_RATE = 24_000
 """The session's default input: 16-bit mono at 24 kHz (``audio/pcm``)."""
@@ -92,8 +100,10 @@ def sentence_pcm(text: str, rate: int = PCM_RATE) -> Samples:
 
 def g711(samples_8k: Samples, law: Literal["pcmu", "pcma"]) -> bytes:
     """8 kHz samples as G.711 mu-law (``pcmu``) or A-law (``pcma``) bytes."""
+    audioop = _audioop()
     encode = audioop.lin2ulaw if law == "pcmu" else audioop.lin2alaw
-    return encode(samples_8k.tobytes(), 2)
+    encoded: bytes = encode(samples_8k.tobytes(), 2)
+    return encoded
 
 
 def slice_ms(samples: Samples, start_ms: int, end_ms: int, rate: int = PCM_RATE) -> Samples:
@@ -103,6 +113,19 @@ def slice_ms(samples: Samples, start_ms: int, end_ms: int, rate: int = PCM_RATE)
 
 def as_wav(samples: Samples, rate: int = PCM_RATE) -> bytes:
     return wav_bytes(samples, rate)
+
+
+Piece = TypeVar("Piece", bytes, Samples)
+
+
+def pieces(data: Piece, sizes: Sequence[int]) -> Iterator[Piece]:
+    """``data`` cut into consecutive pieces of ``sizes``, cycled: how a client splits a stream."""
+    position = 0
+    for size in cycle(sizes):
+        if position >= len(data):
+            return
+        yield data[position : position + size]
+        position += size
 
 
 def b64(data: bytes) -> str:

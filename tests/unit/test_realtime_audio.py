@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import struct
 import warnings
-from collections.abc import Iterator, Sequence
-from itertools import cycle
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +25,7 @@ from server.realtime.audio_in import (
     InputAudio,
     InputFormat,
 )
+from tests.realtime import pieces
 from tests.speech import wav_bytes
 
 LIMITS = AudioLimits(3600, 8 << 30)
@@ -54,15 +54,6 @@ def g711_wav(data: bytes, fmt: str) -> bytes:
     body += b"fact" + struct.pack("<II", 4, len(data)) + b"data" + struct.pack("<I", len(data))
     body += data + b"\0" * (len(data) % 2)
     return b"RIFF" + struct.pack("<I", len(body)) + body
-
-
-def pieces(data: bytes, sizes: Sequence[int]) -> Iterator[bytes]:
-    position = 0
-    for size in cycle(sizes):
-        if position >= len(data):
-            return
-        yield data[position : position + size]
-        position += size
 
 
 def streamed(fmt: InputFormat, data: bytes, sizes: Sequence[int]) -> npt.NDArray[np.int16]:

@@ -8,9 +8,9 @@ each edge can be placed on a chosen frame) and then on two spoken sentences.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import cache
-from itertools import cycle, pairwise
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,7 @@ from models.vad_stream import (
 )
 from models.windowing import FRAME, speech_probabilities
 from server.audio import AudioLimits, decode_pcm16
+from tests.realtime import pieces
 from tests.speech import SENTENCES, spoken_wav, timed_speech
 
 RATE = 16_000
@@ -39,18 +40,9 @@ def speech() -> npt.NDArray[np.int16]:
     return decode_pcm16(spoken_wav(SENTENCES[0], SENTENCES[1]), LIMITS)
 
 
-def chunks(samples: npt.NDArray[np.int16], sizes: Sequence[int]) -> Iterator[npt.NDArray[np.int16]]:
-    position = 0
-    for size in cycle(sizes):
-        if position >= len(samples):
-            return
-        yield samples[position : position + size]
-        position += size
-
-
 def stream(samples: npt.NDArray[np.int16], sizes: Sequence[int]) -> npt.NDArray[np.float32]:
     vad = SileroStream()
-    parts = [vad.feed(chunk) for chunk in chunks(samples, sizes)]
+    parts = [vad.feed(chunk) for chunk in pieces(samples, sizes)]
     assert vad.frames == len(samples) // FRAME
     assert vad.pending == len(samples) % FRAME
     return np.concatenate(parts)
@@ -78,7 +70,7 @@ def test_float_input_is_scored_as_its_int16_original() -> None:
     audio = speech()[: 20 * FRAME]
     vad = SileroStream()
     as_float = np.concatenate(
-        [vad.feed(c.astype(np.float32) / 32768.0) for c in chunks(audio, UNEVEN)]
+        [vad.feed(c.astype(np.float32) / 32768.0) for c in pieces(audio, UNEVEN)]
     )
     np.testing.assert_array_equal(as_float, stream(audio, UNEVEN))
 
@@ -100,7 +92,7 @@ def test_streams_keep_their_own_state_interleaved_and_in_threads() -> None:
 
     first, second = SileroStream(), SileroStream()
     out: tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.float32]]] = ([], [])
-    for a, b in zip(chunks(one, (320,)), chunks(other, (1000, 7)), strict=False):
+    for a, b in zip(pieces(one, (320,)), pieces(other, (1000, 7)), strict=False):
         out[0].append(first.feed(a))
         out[1].append(second.feed(b))
     n = len(np.concatenate(out[1]))
@@ -218,7 +210,7 @@ def test_two_spoken_sentences_give_two_turns_near_their_times() -> None:
     audio = np.concatenate([decode_pcm16(wav, LIMITS), np.zeros(RATE, dtype=np.int16)])
     vad, detector = SileroStream(), TurnDetector(settings)
     events: list[SpeechStarted | SpeechStopped] = []
-    for chunk in chunks(audio, (320,)):  # 20 ms, as a client sends it
+    for chunk in pieces(audio, (320,)):  # 20 ms, as a client sends it
         first = vad.frames
         events += detector.push(vad.feed(chunk), first)
     assert [type(event) for event in events] == [SpeechStarted, SpeechStopped] * 2
