@@ -155,6 +155,14 @@ class TranscriptionSession:
             await self._dispatch(event)
         except EventError as exc:
             self._emit(error_event(exc, client_event_id))
+        except Exception:  # a fault of ours: said, logged, and the session goes on
+            logger.exception("realtime event failed")
+            fault = EventError(
+                "The server had an error processing this event.",
+                code="internal_error",
+                error_type="server_error",
+            )
+            self._emit(error_event(fault, client_event_id))
 
     def refuse_binary(self) -> None:
         self._emit(
