@@ -127,6 +127,7 @@ class StepSchedulerMachine(RuleBasedStateMachine):
         for (steps, _), future in self.futures.items():
             if steps == ENDLESS:
                 future.cancel()
+        self.pump()  # a cancel's done callback (which takes the item off the queue) runs
         deadline = time.monotonic() + 30
         while not all(future.done() for future in self.futures.values()):
             assert time.monotonic() < deadline, "items never finished"
