@@ -80,6 +80,7 @@ class Runtime:
         self.names = catalog_names(self.settings.models, self.settings.speech_models)
         self.decodes = anyio.CapacityLimiter(self.settings.max_concurrent_decodes)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.metrics.realtime_sessions.set_function(lambda: self.realtime_sessions)
         self.metrics.watch_decodes(
             lambda: self.decodes.borrowed_tokens,
             lambda: self.decodes.statistics().tasks_waiting,

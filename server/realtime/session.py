@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import anyio.to_thread
@@ -90,14 +90,6 @@ def default_model(runtime: Runtime, requested: str | None) -> str | None:
                 return name
     models = runtime.settings.models
     return models[0].id if models else None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What became of one utterance, for metrics."""
-
-    model: str
-    outcome: str = "cancelled"
 
 
 class TranscriptionSession:
@@ -223,7 +215,7 @@ class TranscriptionSession:
         param = "session.audio.input.transcription"
         name = transcription.model or default_model(self.runtime, None) or ""
         try:
-            self.runtime.resolve(name, "transcription")
+            model_id = self.runtime.resolve(name, "transcription")
         except ModelNotFound as exc:
             raise EventError(exc.message, code="model_not_found", param=f"{param}.model") from exc
         except WrongEndpoint as exc:
@@ -233,7 +225,7 @@ class TranscriptionSession:
                 code="invalid_value",
                 param=f"{param}.model",
             ) from exc
-        service = self.runtime.transcription.get(self.runtime.resolve(name, "transcription"))
+        service = self.runtime.transcription.get(model_id)  # absent while loading
         if service is not None:
             try:
                 service.check(DecodingOptions(language=transcription.language))
@@ -465,7 +457,7 @@ class TranscriptionSession:
         """Transcribe one committed utterance and send its result, after the one before."""
         committed_at = time.monotonic()
         assert config.transcription is not None
-        record = Outcome(model=config.transcription.model)
+        model, outcome = config.transcription.model, "cancelled"
         metrics = self.runtime.metrics
         try:
             try:
@@ -473,7 +465,7 @@ class TranscriptionSession:
             except VoxserveError as exc:
                 await _after(before)
                 self._emit(_failed(item, exc))
-                record.outcome = "failed"
+                outcome = "failed"
                 return
             await _after(before)
             logprobs = (
@@ -500,14 +492,14 @@ class TranscriptionSession:
             self._emit(
                 server_event("conversation.item.input_audio_transcription.completed", **completed)
             )
-            record.outcome = "completed"
-            metrics.realtime_latency(record.model, time.monotonic() - committed_at)
+            outcome = "completed"
+            metrics.realtime_latency(model, time.monotonic() - committed_at)
         except Exception:
             logger.exception("realtime utterance failed")
             self._emit(_failed(item, VoxserveError("Transcription failed.", code="internal_error")))
-            record.outcome = "failed"
+            outcome = "failed"
         finally:
-            metrics.realtime_utterance(record.model, record.outcome)
+            metrics.realtime_utterance(model, outcome)
 
     async def _transcribe(
         self, audio: PCM16, config: SessionConfig, *, fallback: bool = True
@@ -524,10 +516,6 @@ class TranscriptionSession:
             window_seconds = service.backend.window_seconds
             windows = await anyio.to_thread.run_sync(plan_windows, audio, window_seconds)
             return await service.transcribe(PreparedAudio(audio, windows), job, ticket)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._utterances)
 
     async def settle(self) -> None:
         """Until every committed utterance has been answered."""

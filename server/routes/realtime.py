@@ -81,7 +81,6 @@ async def realtime(socket: WebSocket[Any, Any, Any]) -> None:
     )
     started = time.monotonic()
     runtime.realtime_sessions += 1
-    runtime.metrics.realtime_sessions.inc()
     runtime.request_started()
     session: TranscriptionSession | None = None
     reason = "client closed"
@@ -95,7 +94,6 @@ async def realtime(socket: WebSocket[Any, Any, Any]) -> None:
         if session is not None:
             await session.close()
         runtime.realtime_sessions -= 1
-        runtime.metrics.realtime_sessions.dec()
         runtime.request_finished()
         logger.info(
             "WebSocket /v1/realtime: %s after %.1f s, %d utterances",
