@@ -35,6 +35,7 @@ from server.middleware import MIDDLEWARE
 from server.routes import ROUTES
 from server.routes.docs import ROUTES as DOCS_ROUTES
 from server.routes.docs import SwaggerPage
+from server.routes.playground import ROUTES as PLAYGROUND_ROUTES
 from server.runtime import ModelState, Runtime
 from server.scheduler import BatchScheduler, ModelScheduler, StepScheduler
 from server.scheduler.queue import STOP_WAIT_SECONDS
@@ -214,7 +215,7 @@ def create_app(settings: Settings) -> Litestar:
             await asyncio.gather(*(scheduler.stop() for scheduler in state.schedulers()))
 
     return Litestar(
-        route_handlers=[*ROUTES, *DOCS_ROUTES],
+        route_handlers=[*ROUTES, *DOCS_ROUTES, *PLAYGROUND_ROUTES],
         lifespan=[lifespan],
         state=State({"runtime": state}, deep_copy=False),
         middleware=MIDDLEWARE,

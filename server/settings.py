@@ -33,6 +33,9 @@ from server.catalog import (
 
 ENV_PREFIX = "VOXSERVE_"
 
+PLAYGROUND_PREFIX = "/playground/"
+"""Where the playground's files are served (its page is ``/``): public with the page."""
+
 
 class SchedulerConfig(msgspec.Struct, frozen=True):
     """The batching knobs in force for one model."""
@@ -156,6 +159,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     cors_origins: Annotated[
         tuple[str, ...], _doc("Browser origins allowed by CORS; none means CORS is off.")
     ] = ()
+    playground: Annotated[
+        bool,
+        _doc(
+            "Serve the web playground at `/` (the page and its files under `/playground/` "
+            "are public; every API call it makes needs a key like any other client's)."
+        ),
+    ] = True
     drain_seconds: Annotated[
         float,
         _doc("On SIGTERM: how long work in flight may take to finish before the process exits."),
@@ -332,6 +342,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         Below, not merely after: ``/docs`` opens ``/docs/swagger-ui.css`` (a page and its
         assets are one entry) but not ``/docsx``.
         """
+        if self.playground and (path == "/" or path.startswith(PLAYGROUND_PREFIX)):
+            return True  # a static page: no data, no compute; its API calls carry the key
         return any(
             path == entry or path.startswith(entry.rstrip("/") + "/") for entry in self.public_paths
         )

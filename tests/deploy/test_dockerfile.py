@@ -515,13 +515,18 @@ def test_server_imports_and_cli_runs(venv: Path) -> None:
     code = """
         import ctranslate2, faster_whisper, hibari, piper, torch, transformers
         import models.registry, models.whisper_torch, server.app
+        from server.routes.playground import playground_dir
         print(server.app.__file__)
         print(torch.__version__)
+        print(",".join(sorted(p.name for p in playground_dir().iterdir())))
     """
     result = in_venv(venv, "-c", textwrap.dedent(code))
     assert result.returncode == 0, result.stderr
-    where, torch_version = result.stdout.split()
+    where, torch_version, playground = result.stdout.split()
     assert Path(where).is_relative_to(venv)  # installed, not the checkout
+    # The playground's static files are package data: a non-editable install has them.
+    shipped = sorted(p.name for p in (REPO / "server" / "playground").iterdir())
+    assert playground.split(",") == shipped
     # The CPU torch put in place of the image's (CONSTRAINTS): no CUDA torch was fetched.
     assert torch_version == importlib.metadata.version("torch")
     cli = subprocess.run(
