@@ -115,10 +115,16 @@ export async function api(path, { method = 'GET', json, body, signal } = {}) {
   return response;
 }
 
-/** GET a public, non-API path (/ready, /metrics): no key, and any status is returned. */
+/**
+ * GET a probe (/ready, /metrics), and return whatever status it answers. Public by
+ * default, but an operator may take them out of public_paths: the key goes along when
+ * there is one, and a 401 here says nothing about the key's use for the API.
+ */
 export async function probe(path) {
+  const key = getKey();
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
   try {
-    return await fetch(apiURL(path), { cache: 'no-store' });
+    return await fetch(apiURL(path), { cache: 'no-store', headers });
   } catch {
     throw new ApiError(NETWORK_MESSAGE);
   }

@@ -64,8 +64,13 @@ def capture_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(capture_wav: Path) -> Iterator[Browser]:
+    """One Chromium for the browser tests, closed after the last of them.
+
+    Not session-wide: while Playwright's sync API is open its event loop counts as
+    running in this thread, and every later test that calls ``asyncio.run`` would fail.
+    """
     executable = find_chromium()
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(

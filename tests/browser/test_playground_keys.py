@@ -5,15 +5,18 @@ key typed into the page is sent, kept for the tab only, and works for the WebSoc
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
+import pytest
 from playwright.sync_api import Page, expect
 
+from server.catalog import CatalogModel
 from tests.browser.conftest import API_KEY, open_playground, wait_for_state
 from tests.browser.test_playground_live import (
     listen_until_an_utterance_is_done,
     stop_and_check_the_session_closed,
 )
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, make_settings
 from tests.patience import patient_http
 
 SENTENCE = "The museum is closed on Mondays."
@@ -87,3 +90,30 @@ def test_live_works_with_the_key(page: Page, keyed_server: LiveServer) -> None:
     assert "/v1/realtime" in opened.value.url
     assert API_KEY not in opened.value.url  # a subprotocol, never the URL (logs keep URLs)
     stop_and_check_the_session_closed(page, keyed_server)
+
+
+@pytest.fixture(scope="module")
+def private_probes() -> Iterator[LiveServer]:
+    """Keys on and only ``/health`` public: ``/ready`` and ``/metrics`` want the key too."""
+    settings = make_settings(
+        api_keys=(API_KEY,),
+        public_paths=("/health",),
+        models=(CatalogModel(id="whisper-1", weights="embedded:tiny.en"),),
+        speech_models=(),
+    )
+    with LiveServer(settings, wait_until_ready=False) as live:
+        yield live
+
+
+def test_the_server_tab_sends_the_key_to_probes_an_operator_made_private(
+    page: Page, private_probes: LiveServer
+) -> None:
+    open_playground(page, private_probes, "server")
+    expect(page.locator("#server-ready")).to_have_attribute("data-state", "not-ready")
+    expect(page.locator("#server-ready")).to_contain_text("401")
+    page.fill("#api-key", API_KEY)
+    page.press("#api-key", "Enter")
+    page.click("#server-refresh")
+    expect(page.locator("#server-ready")).to_have_attribute("data-state", "ready")
+    depth = page.locator('#server-metrics dd[data-metric="voxserve_queue_depth"]')
+    expect(depth.first).to_have_attribute("data-model", "whisper-1")
