@@ -214,10 +214,7 @@ class LiveSession {
 
   #closed(event) {
     if (this.#over) return;
-    this.#over = true;
-    this.#release();
-    session = null;
-    setButton(false);
+    this.#end();
     if (event.code === 1006 && !this.#configured) {
       showError(
         $('live-error'),
@@ -236,22 +233,24 @@ class LiveSession {
   /** The user's Stop: release the microphone and close normally. */
   stop() {
     if (this.#over) return;
-    this.#over = true;
-    this.#release();
+    this.#end();
     this.#socket?.close(1000, 'client stopped');
-    session = null;
-    setButton(false);
     setStatus($('live-status'), 'idle', 'Idle');
   }
 
   #fail(message) {
-    this.#over = true;
-    this.#release();
+    this.#end();
     this.#socket?.close(1000);
-    session = null;
-    setButton(false);
     showError($('live-error'), message);
     setStatus($('live-status'), 'error', 'Failed');
+  }
+
+  /** Every way a session ends: no more events handled, the microphone freed, Start shown. */
+  #end() {
+    this.#over = true;
+    this.#release();
+    session = null;
+    setButton(false);
   }
 
   #release() {

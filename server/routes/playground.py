@@ -63,22 +63,27 @@ def playground_dir() -> Traversable:
 
 
 @cache
-def _read(name: str) -> bytes | None:
-    """A file of the page, read once; ``None`` when there is no such file."""
-    if "/" in name or "\\" in name or name.startswith("."):
-        return None
-    path = playground_dir() / name
-    return path.read_bytes() if path.is_file() else None
+def _files() -> dict[str, bytes]:
+    """Every file of the page, read once: a request names one of these or gets a 404
+    (a lookup, so no name from a request ever reaches the file system or a cache)."""
+    return {
+        path.name: path.read_bytes()
+        for path in playground_dir().iterdir()
+        if path.is_file() and not path.name.startswith(".") and _suffix(path.name) in CONTENT_TYPES
+    }
+
+
+def _suffix(name: str) -> str:
+    return name[name.rfind(".") :] if "." in name else ""
 
 
 def _serve(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
-    suffix = name[name.rfind(".") :] if "." in name else ""
-    content_type = CONTENT_TYPES.get(suffix)
-    body = _read(name) if content_type and runtime(request).settings.playground else None
-    if body is None or content_type is None:
+    body = _files().get(name) if runtime(request).settings.playground else None
+    if body is None:
         raise NotFoundException(f"No file {request.url.path}.")
+    content_type = CONTENT_TYPES[_suffix(name)]
     headers = {**HEADERS, "Content-Type": content_type}
-    if suffix == ".html":
+    if content_type.startswith("text/html"):
         headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return Response(body, headers=headers)
 
