@@ -195,8 +195,8 @@ def _decode(
                 decoded_bytes += frame.samples * channels * frame.format.bytes
                 _check_seconds(native_seconds, limits, "decodes to more than")
                 _check_bytes(decoded_bytes, limits)
-                if frame.layout.channels[0].name == "NONE":  # no layout ffmpeg can downmix
-                    frame = _downmix(frame)
+                if channels > 1 and frame.layout.channels[0].name == "NONE":
+                    frame = _downmix(frame)  # no layout ffmpeg can downmix
                 for resampled in resampler.resample(frame):
                     out.append(resampled.to_ndarray().reshape(-1))
         for resampled in resampler.resample(None):

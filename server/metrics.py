@@ -111,6 +111,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.speech_checks = Counter(
+            "voxserve_transcription_speech_checks",
+            "Short uploads' windows by how their silence gate went: `trusted` (the model "
+            "was sure of its text; the VAD was not run), `speech` and `no_speech` (the "
+            "model was in doubt and the VAD decided).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+
         self.realtime_sessions = Gauge(
             "voxserve_realtime_sessions",
             "Realtime transcription sessions open (WebSocket).",
@@ -140,6 +149,9 @@ class Metrics:
 
     def fallback(self, model: str) -> None:
         self.fallbacks.labels(model).inc()
+
+    def speech_check(self, model: str, outcome: str) -> None:
+        self.speech_checks.labels(model, outcome).inc()
 
     def transcribed(self, model: str, seconds: float) -> None:
         self.audio_transcribed.labels(model).inc(seconds)

@@ -45,6 +45,8 @@ class SchedulerConfig(msgspec.Struct, frozen=True):
     max_queue_size: int
     max_queue_time: float = 30.0
     """Seconds an item may wait for its batch; past that its request gets 503."""
+    max_prepare_wait_ms: float = 0.0
+    """Extra wait of a batch that is not full for admitted requests still decoding."""
 
 
 def _doc(text: str) -> msgspec.Meta:
@@ -121,6 +123,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_queue_delay_ms: Annotated[
         float, _doc("Longest wait of the oldest queued item for its batch to fill.")
     ] = 5.0
+    max_prepare_wait_ms: Annotated[
+        float,
+        _doc(
+            "Transcription: how much longer than `max_queue_delay_ms` a batch that is not "
+            "full waits for requests already admitted whose uploads are still being decoded "
+            "(a closed loop of clients sends them all at once; without the wait, the first "
+            "decoded starts a batch of one)."
+        ),
+    ] = 100.0
     max_queue_size: Annotated[
         int, _doc("Requests admitted per model and not yet answered; the next one gets 429.")
     ] = 64
@@ -308,8 +319,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.max_queue_delay_ms < 0:
-            raise ValueError("max_queue_delay_ms must not be negative")
+        if self.max_queue_delay_ms < 0 or self.max_prepare_wait_ms < 0:
+            raise ValueError("max_queue_delay_ms and max_prepare_wait_ms must not be negative")
         if self.max_queue_time <= 0 or self.drain_seconds < 0:
             raise ValueError("max_queue_time must be positive and drain_seconds not negative")
         if any(not path.startswith("/") for path in self.public_paths):
@@ -357,6 +368,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             max_queue_delay_ms=pick(model.max_queue_delay_ms, self.max_queue_delay_ms),
             max_queue_size=pick(model.max_queue_size, self.max_queue_size),
             max_queue_time=pick(model.max_queue_time, self.max_queue_time),
+            max_prepare_wait_ms=self.max_prepare_wait_ms,
         )
 
     def model_spec(self, model: CatalogModel) -> ModelSpec:

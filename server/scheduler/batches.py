@@ -79,9 +79,17 @@ class BatchScheduler(ModelScheduler[ItemT, ResultT]):
                         entry.future.set_exception(NotReady("The model failed on this batch."))
 
     async def _next_batch(self) -> list[Entry[ItemT, ResultT]]:
-        """Wait for a full batch or for the oldest item's delay, then take the batch."""
+        """Wait for a full batch or for the oldest item's delay, then take the batch.
+
+        Past the delay, a batch that is not full waits on (up to
+        ``max_prepare_wait_ms`` more) while admitted requests are still preparing:
+        clients that all got their answers from one batch send their next requests
+        together, and an upload's decoding takes longer than the delay, so without
+        this the first one decoded would start a batch of its own.
+        """
         limit = self.config.max_batch_size
         delay = self.config.max_queue_delay_ms / 1000
+        patience = delay + self.config.max_prepare_wait_ms / 1000
         while True:
             self._sweep()
             if not self._queue:
@@ -89,9 +97,14 @@ class BatchScheduler(ModelScheduler[ItemT, ResultT]):
                 continue
             head = self._queue[0]
             waiting = self._waiting.get(head.key, 0)
-            remaining = head.enqueued_at + delay - time.monotonic()
-            if waiting >= limit or remaining <= 0:
+            now = time.monotonic()
+            remaining = head.enqueued_at + delay - now
+            if waiting >= limit:
                 return self._take(limit, head.key)
+            if remaining <= 0:
+                remaining = head.enqueued_at + patience - now
+                if remaining <= 0 or not self.preparing:
+                    return self._take(limit, head.key)
             await self._until_woken(remaining)
 
     async def _execute(self, batch: list[Entry[ItemT, ResultT]]) -> None:

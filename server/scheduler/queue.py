@@ -55,6 +55,8 @@ class Ticket:
     counts it, so a request admitted but not yet (fully) queued is not overlooked."""
     done: float = 0.0
     """The work of its items answered so far."""
+    submitted: bool = False
+    """It has submitted an item; until then it is still preparing (decoding its upload)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -199,6 +201,11 @@ class ModelScheduler(Generic[ItemT, ResultT]):
     def admitted(self) -> int:
         return self._admitted
 
+    @property
+    def preparing(self) -> int:
+        """Requests admitted that have not submitted an item yet (their uploads decode)."""
+        return sum(1 for ticket in self._tickets if not ticket.submitted)
+
     def _reject(self, reason: str) -> None:
         if self._observer is not None:
             self._observer.rejected(self.name, reason)
@@ -232,6 +239,8 @@ class ModelScheduler(Generic[ItemT, ResultT]):
         finally:
             self._admitted -= 1
             self._tickets.discard(ticket)
+            if not ticket.submitted:
+                self._wakeup.set()  # a batch may be waiting for it (``preparing``)
             if ticket.work is not None:
                 self._work_average.add(ticket.work)
 
@@ -250,6 +259,8 @@ class ModelScheduler(Generic[ItemT, ResultT]):
             entry.work = self._work_of(item)
         if ticket is None or not ticket.served:
             entry.timer = loop.call_later(self.config.max_queue_time, self._expire, entry)
+        if ticket is not None:
+            ticket.submitted = True
         self._queue.append(entry)
         self._waiting[entry.key] = self._waiting.get(entry.key, 0) + 1
         self._depth += 1

@@ -15,8 +15,10 @@ from models.windowing import (
     VAD_BLOCK_FRAMES,
     Abandoned,
     VadSettings,
+    Window,
     as_float,
     audible_spans,
+    has_speech,
     plan_windows,
     speech_probabilities,
     speech_timestamps,
@@ -159,3 +161,24 @@ def test_cancellation_stops_the_vad_at_its_next_look() -> None:
     assert token.looks == token.after  # stopped at the first look that saw it set
     with pytest.raises(Abandoned):
         plan_windows(audio, cancel=StopAfter(1))
+
+
+def test_defer_short_leaves_the_vad_to_the_caller() -> None:
+    audio, _ = _with_pauses(2.0)
+    assert plan_windows(audio, defer_short=True) == [Window(0, len(audio), checked=False)]
+    assert has_speech(audio)
+    noise = np.random.default_rng(7).normal(0, 0.05, 20 * RATE).astype(np.float32)
+    # audible, so the window is planned unchecked; the VAD, once asked, finds no speech
+    assert plan_windows(noise, defer_short=True) == [Window(0, len(noise), checked=False)]
+    assert not has_speech(noise)
+    assert plan_windows(np.zeros(20 * RATE, dtype=np.float32), defer_short=True) == []
+
+
+def test_defer_short_does_not_apply_to_long_files_or_vad_chunking() -> None:
+    audio, _ = _with_pauses(12.0)  # longer than a window: cut at pauses by the VAD
+    assert len(audio) > 30 * RATE
+    windows = plan_windows(audio, defer_short=True)
+    assert windows and all(w.checked for w in windows)
+    short, _ = _with_pauses(2.0)
+    chunked = plan_windows(short, vad=VadSettings(min_silence_ms=500), defer_short=True)
+    assert chunked and all(w.checked for w in chunked)

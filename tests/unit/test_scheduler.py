@@ -529,3 +529,76 @@ def test_throughput_is_work_over_busy_time_and_follows_a_change_of_pace() -> Non
     for _ in range(50):  # 50 s of a pace four times slower
         meter.add(units=2, seconds=1.0)
     assert meter.rate == pytest.approx(2.0, rel=0.05)
+
+
+def _preparing_scheduler(
+    backend: RecordingBackend, max_prepare_wait_ms: float
+) -> BatchScheduler[tuple[str, int], int]:
+    config = SchedulerConfig(
+        max_batch_size=8,
+        max_queue_delay_ms=1,
+        max_queue_size=100,
+        max_prepare_wait_ms=max_prepare_wait_ms,
+    )
+    return BatchScheduler("fake", backend.run, backend.key, config)
+
+
+def test_a_batch_waits_for_admitted_requests_still_preparing() -> None:
+    """Closed-loop clients send together; the one decoded first must not run alone."""
+    backend = RecordingBackend()
+
+    async def scenario() -> list[int]:
+        scheduler = _preparing_scheduler(backend, max_prepare_wait_ms=60_000)
+        await scheduler.start()
+        try:
+            with scheduler.admit() as first, scheduler.admit() as second:
+                assert scheduler.preparing == 2
+                early = scheduler.submit(("a", 2), first)
+                assert scheduler.preparing == 1
+                await asyncio.sleep(0.2)  # far past the 1 ms delay
+                assert backend.batches == []  # still waiting for the second upload
+                late = scheduler.submit(("a", 3), second)
+                return list(await asyncio.wait_for(asyncio.gather(early, late), 30))
+        finally:
+            await scheduler.stop()
+
+    assert run(scenario()) == [4, 9]
+    assert backend.batches == [[("a", 2), ("a", 3)]]
+
+
+def test_a_request_that_leaves_while_preparing_releases_the_waiting_batch() -> None:
+    backend = RecordingBackend()
+
+    async def scenario() -> int:
+        scheduler = _preparing_scheduler(backend, max_prepare_wait_ms=60_000)
+        await scheduler.start()
+        try:
+            with scheduler.admit() as ticket:
+                future = scheduler.submit(("a", 5), ticket)
+                with scheduler.admit():  # a bad upload: refused before it submits anything
+                    await asyncio.sleep(0.05)
+                return await asyncio.wait_for(future, 30)  # not the minute of patience
+        finally:
+            await scheduler.stop()
+
+    assert run(scenario()) == 25
+    assert backend.batches == [[("a", 5)]]
+
+
+def test_the_wait_for_preparing_requests_is_bounded() -> None:
+    backend = RecordingBackend()
+
+    async def scenario() -> float:
+        scheduler = _preparing_scheduler(backend, max_prepare_wait_ms=300)
+        await scheduler.start()
+        try:
+            with scheduler.admit() as ticket, scheduler.admit():  # the second never submits
+                submitted = time.monotonic()
+                await asyncio.wait_for(scheduler.submit(("a", 1), ticket), 30)
+                return backend.started_at[0] - submitted
+        finally:
+            await scheduler.stop()
+
+    waited = run(scenario())
+    assert isinstance(waited, float)
+    assert 0.29 <= waited < 20  # the bound is what is under test; the upper margin is wide
