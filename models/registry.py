@@ -133,6 +133,9 @@ class ModelSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     """CTranslate2: its compute types (``int8``, ``float16``...); torch: ``float32``,
     ``float16`` or ``bfloat16``; ``auto`` picks for the device."""
     cpu_threads: int | None = None
+    workers: int | None = None
+    """CTranslate2 only: model calls that may run at once, each on its own ``cpu_threads``
+    (``inter_threads``); ``None`` takes the server-wide default."""
     beam_size: int = 5
     """CTranslate2 only; the torch engine decodes greedily."""
     encoder_batch_size: int = 0
@@ -147,6 +150,8 @@ class ModelSpec(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     def __post_init__(self) -> None:
         if self.beam_size < 1 or self.encoder_batch_size < 0:
             raise ValueError("beam_size must be at least 1 and encoder_batch_size not negative")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("workers must be at least 1")
         if self.multilingual_weights is not None:
             _check_routing(self)
 
@@ -375,4 +380,5 @@ def _ct2_backend(spec: ModelSpec, weights_path: str) -> WhisperCT2Backend:
         cpu_threads=spec.cpu_threads or available_cpus(),
         beam_size=spec.beam_size,
         encoder_batch_size=spec.encoder_batch_size,
+        workers=spec.workers or 1,
     )

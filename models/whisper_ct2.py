@@ -67,8 +67,11 @@ class WhisperCT2Backend:
         beam_size: int = 5,
         best_of: int = 5,
         encoder_batch_size: int = 0,
+        workers: int = 1,
     ) -> None:
         self.model_path = model_path
+        self.workers = workers
+        """Calls that may run at once, from as many threads (CTranslate2's replicas)."""
         self.device = device
         self.compute_type = compute_type
         self.cpu_threads = cpu_threads
@@ -88,7 +91,7 @@ class WhisperCT2Backend:
             device=self.device,
             compute_type=self.compute_type,
             cpu_threads=self.cpu_threads,
-            num_workers=1,
+            num_workers=self.workers,
         )
         english = WhisperTokenizer(self.model.hf_tokenizer, multilingual=self.multilingual)
         self._suppress = list(english.suppressed)

@@ -6,6 +6,14 @@ mode. The loop waits for ``max_batch_size`` items of the oldest item's key or
 for that item's ``max_queue_delay_ms``, whichever comes first, hands the batch to
 the worker thread, and answers each item with its own result or error; a batch
 that fails is retried item by item, so one bad item fails alone.
+
+With ``workers`` above 1 (a backend that may be entered from that many threads at
+once, such as CTranslate2 with as many replicas), up to that many batches are
+computed at once, each taken from the queue as a worker comes free. On a CPU that
+is what pays: a small Whisper's matrices are too small for many threads in one
+call, and batching rows together barely speeds one core (tiny.en: eight windows
+decoded as one batch took as long as one by one), while two calls on one thread
+each keep two cores busy.
 """
 
 from __future__ import annotations
@@ -52,11 +60,14 @@ class BatchScheduler(ModelScheduler[ItemT, ResultT]):
     ) -> None:
         super().__init__(name, batch_key, config, setup=setup, observer=observer, work_of=work_of)
         self._run_batch = run_batch
-        self._batch: list[Entry[ItemT, ResultT]] = []  # the batch in the worker thread
+        self._running: list[list[Entry[ItemT, ResultT]]] = []  # batches in worker threads
         self._batch_seconds = 0.0  # moving average, the least Retry-After
 
     def _in_worker(self) -> list[Entry[ItemT, ResultT]]:
-        return self._batch
+        return [entry for batch in self._running for entry in batch]
+
+    def _worker_threads(self) -> int:
+        return self.config.workers
 
     def _queue_wait(self) -> float:
         """The batch in the worker, if any, plus the batches the waiting items make
@@ -64,19 +75,38 @@ class BatchScheduler(ModelScheduler[ItemT, ResultT]):
         least 0.1 s each; never less than one batch."""
         limit = self.config.max_batch_size
         batches = sum(-(-count // limit) for count in self._waiting.values())
-        batches += 1 if self._batch else 0
-        return max(batches, 1) * max(self._batch_seconds, 0.1)
+        batches += len(self._running)
+        rounds = -(-max(batches, 1) // self.config.workers)
+        return rounds * max(self._batch_seconds, 0.1)
 
     async def _serve(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            try:
-                await self._execute(batch)
-            except Exception:  # never let one batch end the loop
-                logger.exception("scheduler %s: batch failed unexpectedly", self.name)
-                for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_exception(NotReady("The model failed on this batch."))
+        """Take a batch whenever a worker is free; each runs in a task of its own."""
+        free = asyncio.Semaphore(self.config.workers)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await free.acquire()
+                try:
+                    batch = await self._next_batch()
+                except BaseException:
+                    free.release()
+                    raise
+                task = asyncio.create_task(self._serve_batch(batch))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _: free.release())
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _serve_batch(self, batch: list[Entry[ItemT, ResultT]]) -> None:
+        try:
+            await self._execute(batch)
+        except Exception:  # never let one batch end the loop
+            logger.exception("scheduler %s: batch failed unexpectedly", self.name)
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(NotReady("The model failed on this batch."))
 
     async def _next_batch(self) -> list[Entry[ItemT, ResultT]]:
         """Wait for a full batch or for the oldest item's delay, then take the batch.
@@ -110,13 +140,13 @@ class BatchScheduler(ModelScheduler[ItemT, ResultT]):
     async def _execute(self, batch: list[Entry[ItemT, ResultT]]) -> None:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        self._batch = batch
+        self._running.append(batch)
         try:
             outcomes = await loop.run_in_executor(
                 self._executor, self._compute, [e.item for e in batch]
             )
         finally:
-            self._batch = []
+            self._running.remove(batch)
         seconds = time.monotonic() - started
         self._worked(sum(self._progress(e) for e in batch), min(e.enqueued_at for e in batch))
         self._batch_seconds = (

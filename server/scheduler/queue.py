@@ -123,7 +123,9 @@ class ModelScheduler(Generic[ItemT, ResultT]):
 
     async def start(self) -> None:
         """Start the worker thread, load the model in it, then start batching."""
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
+        self._executor = ThreadPoolExecutor(
+            self._worker_threads(), thread_name_prefix=f"model-{self.name}"
+        )
         if self._setup is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._setup)
         self._task = asyncio.create_task(self._serve(), name=f"scheduler-{self.name}")
@@ -149,7 +151,7 @@ class ModelScheduler(Generic[ItemT, ResultT]):
                 entry.future.set_exception(NotReady(f"Model '{self.name}' is shutting down."))
         if self._executor is None:
             return
-        try:  # one worker thread, first in first out: this runs once the call ends
+        try:  # first in first out: with one worker thread, this runs once the call ends
             idle = asyncio.get_running_loop().run_in_executor(self._executor, _nothing)
         except RuntimeError:  # stopped before
             return
@@ -176,6 +178,10 @@ class ModelScheduler(Generic[ItemT, ResultT]):
     async def _serve(self) -> None:
         """The loop that runs queued items on the model, until cancelled."""
         raise NotImplementedError
+
+    def _worker_threads(self) -> int:
+        """Threads that may enter the model at once: one, unless a subclass knows better."""
+        return 1
 
     def _in_worker(self) -> list[Entry[ItemT, ResultT]]:
         """Entries taken from the queue and not yet answered."""

@@ -68,3 +68,31 @@ def test_eight_concurrent_requests_give_the_texts_of_eight_sequential_ones(
     assert (calls_after - calls_before) - (singles_after - singles_before) >= 1
     if engine == "ctranslate2":  # whole batches: fewer model calls than requests
         assert calls_after - calls_before < 8
+
+
+def test_two_workers_compute_two_batches_at_once_with_the_same_texts(
+    model_cache_dir: str, sentence_wavs: list[bytes]
+) -> None:
+    """CTranslate2 with two workers of one thread (the CPU layout that pays under load):
+    concurrent requests run in two model calls at once, and each text is its own."""
+    wavs = [sentence_wavs[n] for n in BOTH_EXACT]
+    settings = stt_settings(
+        "ctranslate2", model_cache_dir, workers=2, cpu_threads=1, max_batch_size=1
+    )
+    with LiveServer(settings, wait_until_ready=False) as live:
+        wait_until_ready(live)
+        backend = live.app.state.runtime.transcription["whisper-1"].backend
+        assert backend.model.model.num_workers == 2  # CTranslate2 has two replicas
+        client = live.openai()
+
+        def transcribe(wav: bytes) -> str:
+            return client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav)).text
+
+        sequential = [transcribe(wav) for wav in wavs]
+        with ThreadPoolExecutor(8) as pool:
+            concurrent = list(pool.map(transcribe, wavs))
+        config = live.app.state.runtime.transcription["whisper-1"].scheduler.config
+
+    assert sequential == [SENTENCES[n] for n in BOTH_EXACT]
+    assert concurrent == sequential
+    assert config.workers == 2  # and the scheduler feeds them two batches at once

@@ -602,3 +602,39 @@ def test_the_wait_for_preparing_requests_is_bounded() -> None:
     waited = run(scenario())
     assert isinstance(waited, float)
     assert 0.29 <= waited < 20  # the bound is what is under test; the upper margin is wide
+
+
+def test_workers_compute_that_many_batches_at_once_in_their_own_threads() -> None:
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+
+    async def scenario(workers: int) -> tuple[int, list[int]]:
+        config = SchedulerConfig(
+            max_batch_size=8, max_queue_delay_ms=1, max_queue_size=100, workers=workers
+        )
+        scheduler = BatchScheduler("fake", backend.run, backend.key, config)
+        await scheduler.start()
+        try:
+            futures = [scheduler.submit((key, n)) for n, key in enumerate("abc")]
+            for _ in range(400):  # until the workers are all inside the model (or 20 s)
+                if len(backend.batches) >= workers:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # a worker too many would have entered by now
+            inside = len(backend.batches)
+            gate.set()
+            results = list(await asyncio.wait_for(asyncio.gather(*futures), 30))
+            return inside, results
+        finally:
+            await scheduler.stop()
+
+    inside, results = asyncio.run(scenario(2))
+    assert inside == 2  # keys a and b, at once; c waits for a free worker
+    assert results == [0, 1, 4]
+    assert len(backend.threads) == 2
+    gate.clear()
+    backend.batches.clear()
+    backend.threads.clear()
+    inside, _ = asyncio.run(scenario(1))
+    assert inside == 1
+    assert len(backend.threads) == 1
