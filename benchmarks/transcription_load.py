@@ -5,6 +5,7 @@ Run from the repository root (so that ``tests.speech`` is importable)::
     python -m benchmarks.transcription_load [--beam-size 5 1] [--clip-source recorded|synth]
                                             [--concurrency 1 4 8 16] [--seconds 20]
                                             [--pin auto|off] [--extra-env KEY=VALUE ...]
+                                            [--workers N]
                                             [--warmup 3] [--quick]
 
 One JSON document goes to stdout (``{"setup": ..., "beams": {"5": ..., "1": ...}}``);
@@ -46,7 +47,10 @@ per window does not do, so on some clips it is slower than the server.
 *configs*: the server started as a subprocess twice, once with batching
 (``max_batch_size=--batch-size``, 16 by default so that 16 clients can fill a batch)
 and once with ``max_batch_size=1``; both with the same ``max_queue_delay_ms``, CPU
-threads, CPUs, beam size and ``--extra-env`` settings. For each concurrency level C,
+threads, CPUs, beam size and ``--extra-env`` settings. ``--workers N`` adds a third:
+batching with N workers (batches computed at once) of ``cpu_threads / N`` threads each,
+summarized as ``workers_throughput_ratio`` (its requests/s over ``max_batch_size=1``'s,
+per level). For each concurrency level C,
 C clients each send ``--warmup`` requests (not counted), then keep exactly one request
 in flight each for ``--seconds`` (a closed loop: a client sends its next clip as soon
 as its previous answer is in; client w starts at clip w and goes round-robin).
@@ -379,6 +383,8 @@ class ServerConfig:
     """CPUs the server process may run on; ``None``: the parent's."""
     extra_env: tuple[tuple[str, str], ...] = ()
     """``--extra-env`` settings, applied last (they may override any of the above)."""
+    workers: int = 1
+    """Batches the model computes at once (``VOXSERVE_WORKERS``)."""
 
     def env(self) -> dict[str, str]:
         """The parent's environment without ``VOXSERVE_*``, plus this config's settings."""
@@ -391,6 +397,7 @@ class ServerConfig:
             VOXSERVE_MAX_BATCH_SIZE=str(self.max_batch_size),
             VOXSERVE_MAX_QUEUE_DELAY_MS=str(self.max_queue_delay_ms),
             VOXSERVE_CPU_THREADS=str(self.cpu_threads),
+            VOXSERVE_WORKERS=str(self.workers),
             VOXSERVE_DEVICE="cpu",
             VOXSERVE_COMPUTE_TYPE="int8",
             VOXSERVE_LOG_LEVEL="warning",  # no access log line per request
@@ -757,6 +764,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="a server setting for both configs (repeatable), e.g. VOXSERVE_MAX_QUEUE_SIZE=64",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also run a third server: batching with this many workers of "
+        "cpu_threads/workers threads each (VOXSERVE_WORKERS); 0 or 1: not run",
+    )
     parser.add_argument("--save-clips", type=Path, help="write the clips' WAVs to this folder")
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: C 1 and 8, 5 s, 1 warm-up, 2 repeats"
@@ -779,25 +793,40 @@ def measure_beam(
     direct, texts = run_direct(clips, cpu_threads, args.direct_repeats, beam_size, server_cpus)
     log(f"direct beam {beam_size}: p50 {direct['latency_p50_s']} s, {direct['requests_per_s']} rps")
     scored = [replace(c, direct_text=t) for c, t in zip(clips, texts, strict=True)]
+    layouts = [
+        ("batching", args.batch_size, 1, cpu_threads),
+        ("max_batch_size=1", 1, 1, cpu_threads),
+    ]
+    if args.workers > 1:
+        threads = max(1, cpu_threads // args.workers)
+        layouts.append((f"workers={args.workers}", args.batch_size, args.workers, threads))
     configs = {
         name: run_config(
             ServerConfig(
                 name=f"{name}-beam{beam_size}",
                 max_batch_size=size,
                 max_queue_delay_ms=args.max_queue_delay_ms,
-                cpu_threads=cpu_threads,
+                cpu_threads=threads,
                 beam_size=beam_size,
                 cpus=tuple(server_cpus) if server_cpus else None,
                 extra_env=tuple(args.extra_env),
+                workers=workers,
             ),
             scored,
             args.concurrency,
             args.seconds,
             args.warmup,
         )
-        for name, size in (("batching", args.batch_size), ("max_batch_size=1", 1))
+        for name, size, workers, threads in layouts
     }
     summary = summarize(direct, configs["batching"], configs["max_batch_size=1"], args.concurrency)
+    if args.workers > 1:
+        summary["workers_throughput_ratio"] = summarize(
+            direct,
+            configs[f"workers={args.workers}"],
+            configs["max_batch_size=1"],
+            args.concurrency,
+        )["throughput_ratio"]
     figures = {k: v for k, v in summary.items() if k != "targets"}
     log(f"beam {beam_size} summary: {json.dumps(figures)}")
     return {"direct": direct, "configs": configs, "summary": summary}
