@@ -70,9 +70,9 @@ class BatchScheduler(ModelScheduler[ItemT, ResultT]):
         return self.config.workers
 
     def _queue_wait(self) -> float:
-        """The batch in the worker, if any, plus the batches the waiting items make
-        (each key batches apart), at the moving average of a batch's time but at
-        least 0.1 s each; never less than one batch."""
+        """The batches in the workers plus those the waiting items make (each key
+        batches apart), shared among the workers, at the moving average of a batch's
+        time but at least 0.1 s each; never less than one batch."""
         limit = self.config.max_batch_size
         batches = sum(-(-count // limit) for count in self._waiting.values())
         batches += len(self._running)
