@@ -3,7 +3,8 @@
 Run from the repository root (so that ``tests.speech`` is importable)::
 
     python -m benchmarks.transcription_load [--beam-size 5 1] [--clip-source recorded|synth]
-                                            [--concurrency 1 4 8 16] [--seconds 20]
+                                            [--concurrency 1 4 8 16] [--seconds 10]
+                                            [--rounds 3]
                                             [--pin auto|off] [--extra-env KEY=VALUE ...]
                                             [--workers N]
                                             [--warmup 3] [--quick]
@@ -50,11 +51,15 @@ and once with ``max_batch_size=1``; both with the same ``max_queue_delay_ms``, C
 threads, CPUs, beam size and ``--extra-env`` settings. ``--workers N`` adds a third:
 batching with N workers (batches computed at once) of ``cpu_threads / N`` threads each,
 summarized as ``workers_throughput_ratio`` (its requests/s over ``max_batch_size=1``'s,
-per level). For each concurrency level C,
-C clients each send ``--warmup`` requests (not counted), then keep exactly one request
-in flight each for ``--seconds`` (a closed loop: a client sends its next clip as soon
-as its previous answer is in; client w starts at clip w and goes round-robin).
-Requests started before the deadline are waited for and counted.
+per level). All the servers run at once (an idle one costs nothing) and are measured
+in ``--rounds`` interleaved rounds: each round runs every level on every server in
+turn, the servers' order rotating, so that a shared machine slowing down or speeding
+up during the run (run-to-run noise here is +-20%) falls on all of them alike. In
+each, C clients each send ``--warmup`` requests (one after the first round; not
+counted), then keep exactly one request in flight each for ``--seconds`` (a closed
+loop: a client sends its next clip as soon as its previous answer is in; client w
+starts at clip w and goes round-robin). Requests started before the deadline are
+waited for and counted. A level's figures pool its rounds.
 
 How to read a level
 -------------------
@@ -95,7 +100,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from multiprocessing import get_context
@@ -496,6 +501,14 @@ class BatchHistogram:
             self.count - before.count,
         )
 
+    def plus(self, other: BatchHistogram) -> BatchHistogram:
+        keys = set(self.buckets) | set(other.buckets)
+        return BatchHistogram(
+            {le: self.buckets.get(le, 0.0) + other.buckets.get(le, 0.0) for le in keys},
+            self.total + other.total,
+            self.count + other.count,
+        )
+
     def per_bucket(self) -> dict[str, int]:
         """Non-cumulative counts, keyed by the batch sizes each bucket holds."""
         counts: dict[str, int] = {}
@@ -569,9 +582,28 @@ async def client_loop(
     return outcomes
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What one or more measured phases of one level gave, before it is summarized."""
+
+    outcomes: tuple[Outcome, ...] = ()
+    elapsed: float = 0.0
+    batches: BatchHistogram = field(default_factory=BatchHistogram)
+
+    def plus(self, other: Measured) -> Measured:
+        return Measured(
+            self.outcomes + other.outcomes,
+            self.elapsed + other.elapsed,
+            self.batches.plus(other.batches),
+        )
+
+    def report(self) -> JSON:
+        return level_report(self.outcomes, self.elapsed, self.batches)
+
+
 async def measure_level(
     url: str, clips: Sequence[Clip], concurrency: int, seconds: float, warmup: int
-) -> JSON:
+) -> Measured:
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
         if warmup:
@@ -588,7 +620,7 @@ async def measure_level(
         )
         elapsed = time.monotonic() - started
         batches = (await scrape(client, url)).minus(before)
-    return level_report([o for outs in per_client for o in outs], elapsed, batches)
+    return Measured(tuple(o for outs in per_client for o in outs), elapsed, batches)
 
 
 def level_report(outcomes: Sequence[Outcome], elapsed: float, batches: BatchHistogram) -> JSON:
@@ -613,26 +645,62 @@ def level_report(outcomes: Sequence[Outcome], elapsed: float, batches: BatchHist
     }
 
 
-def run_config(
-    config: ServerConfig, clips: Sequence[Clip], levels: Sequence[int], seconds: float, warmup: int
-) -> JSON:
-    report: JSON = {
-        "max_batch_size": config.max_batch_size,
-        "beam_size": config.beam_size,
-        "levels": {},
-    }
-    with running_server(config) as url:
+def run_configs(
+    configs: Sequence[ServerConfig],
+    clips: Sequence[Clip],
+    levels: Sequence[int],
+    seconds: float,
+    warmup: int,
+    rounds: int,
+) -> dict[str, JSON]:
+    """Every config's server at once (an idle one costs nothing), measured in interleaved
+    rounds: round r runs each level on each server in turn, the servers' order rotating,
+    so that a change in the machine's speed during the run falls on all of them alike.
+    A level's figures pool its rounds (requests over their summed time). The first
+    round warms each level up with ``warmup`` requests per client, later ones with one.
+    """
+    measured = {c.name: {n: Measured() for n in levels} for c in configs}
+    with ExitStack() as stack:
+        urls = {c.name: stack.enter_context(running_server(c)) for c in configs}
+        for round_ in range(rounds):
+            for concurrency in levels:
+                order = list(configs[round_ % len(configs) :]) + list(
+                    configs[: round_ % len(configs)]
+                )
+                for config in order:
+                    log(f"round {round_ + 1}/{rounds}: {config.name} at C={concurrency}")
+                    level = asyncio.run(
+                        measure_level(
+                            urls[config.name],
+                            clips,
+                            concurrency,
+                            seconds,
+                            warmup if round_ == 0 else 1,
+                        )
+                    )
+                    measured[config.name][concurrency] = measured[config.name][concurrency].plus(
+                        level
+                    )
+    reports: dict[str, JSON] = {}
+    for config in configs:
+        report: JSON = {
+            "max_batch_size": config.max_batch_size,
+            "beam_size": config.beam_size,
+            "workers": config.workers,
+            "cpu_threads": config.cpu_threads,
+            "levels": {},
+        }
         for concurrency in levels:
-            log(f"{config.name}: concurrency {concurrency} for {seconds:g} s")
-            level = asyncio.run(measure_level(url, clips, concurrency, seconds, warmup))
+            summary = measured[config.name][concurrency].report()
             log(
-                f"{config.name} C={concurrency}: {level['requests_per_s']} req/s, "
-                f"p50 {level['latency_p50_s']} s, mean batch {level['mean_batch_size']}, "
-                f"wer vs direct {level['wer_vs_direct']}, "
-                f"{level['exact_transcripts']}/{level['requests'] - level['errors']} exact"
+                f"{config.name} C={concurrency}: {summary['requests_per_s']} req/s, "
+                f"p50 {summary['latency_p50_s']} s, mean batch {summary['mean_batch_size']}, "
+                f"wer vs direct {summary['wer_vs_direct']}, "
+                f"{summary['exact_transcripts']}/{summary['requests'] - summary['errors']} exact"
             )
-            report["levels"][str(concurrency)] = level
-    return report
+            report["levels"][str(concurrency)] = summary
+        reports[config.name] = report
+    return reports
 
 
 # -- summary and setup -------------------------------------------------------------------
@@ -741,7 +809,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beam-size", type=int, nargs="+", default=list(BEAM_SIZES))
     parser.add_argument("--clip-source", choices=["recorded", "synth"], default="recorded")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--seconds", type=float, default=20.0, help="measured time per level")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="measured time per level and round"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="uncounted requests per client")
     parser.add_argument("--clips", type=int, default=8, help="number of synth clips")
     parser.add_argument("--direct-repeats", type=int, default=3, help="direct runs per clip")
@@ -765,6 +835,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="a server setting for both configs (repeatable), e.g. VOXSERVE_MAX_QUEUE_SIZE=64",
     )
     parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of every level and server"
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -778,6 +851,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.concurrency, args.seconds, args.warmup, args.direct_repeats = [1, 8], 5.0, 1, 2
+        args.rounds = 1
     return args
 
 
@@ -800,24 +874,22 @@ def measure_beam(
     if args.workers > 1:
         threads = max(1, cpu_threads // args.workers)
         layouts.append((f"workers={args.workers}", args.batch_size, args.workers, threads))
-    configs = {
-        name: run_config(
-            ServerConfig(
-                name=f"{name}-beam{beam_size}",
-                max_batch_size=size,
-                max_queue_delay_ms=args.max_queue_delay_ms,
-                cpu_threads=threads,
-                beam_size=beam_size,
-                cpus=tuple(server_cpus) if server_cpus else None,
-                extra_env=tuple(args.extra_env),
-                workers=workers,
-            ),
-            scored,
-            args.concurrency,
-            args.seconds,
-            args.warmup,
+    servers = [
+        ServerConfig(
+            name=f"{name}-beam{beam_size}",
+            max_batch_size=size,
+            max_queue_delay_ms=args.max_queue_delay_ms,
+            cpu_threads=threads,
+            beam_size=beam_size,
+            cpus=tuple(server_cpus) if server_cpus else None,
+            extra_env=tuple(args.extra_env),
+            workers=workers,
         )
         for name, size, workers, threads in layouts
+    ]
+    reports = run_configs(servers, scored, args.concurrency, args.seconds, args.warmup, args.rounds)
+    configs = {
+        name: reports[server.name] for (name, *_), server in zip(layouts, servers, strict=True)
     }
     summary = summarize(direct, configs["batching"], configs["max_batch_size=1"], args.concurrency)
     if args.workers > 1:
