@@ -49,7 +49,8 @@ per window does not do, so on some clips it is slower than the server.
 (``max_batch_size=--batch-size``, 16 by default so that 16 clients can fill a batch)
 and once with ``max_batch_size=1``; both with the same ``max_queue_delay_ms``, CPU
 threads, CPUs, beam size and ``--extra-env`` settings. ``--workers N`` adds a third:
-batching with N workers (batches computed at once) of ``cpu_threads / N`` threads each,
+N workers (batches computed at once) of ``cpu_threads / N`` threads each, at
+``max_batch_size=--workers-batch-size`` (1 by default: each worker one request),
 summarized as ``workers_throughput_ratio`` (its requests/s over ``max_batch_size=1``'s,
 per level). All the servers run at once (an idle one costs nothing) and are measured
 in ``--rounds`` interleaved rounds: each round runs every level on every server in
@@ -844,6 +845,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also run a third server: batching with this many workers of "
         "cpu_threads/workers threads each (VOXSERVE_WORKERS); 0 or 1: not run",
     )
+    parser.add_argument(
+        "--workers-batch-size",
+        type=int,
+        default=1,
+        help="max_batch_size of the --workers server (1: each worker one request at a time, "
+        "the layout cpu_levers measures best on a CPU)",
+    )
     parser.add_argument("--save-clips", type=Path, help="write the clips' WAVs to this folder")
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: C 1 and 8, 5 s, 1 warm-up, 2 repeats"
@@ -873,7 +881,7 @@ def measure_beam(
     ]
     if args.workers > 1:
         threads = max(1, cpu_threads // args.workers)
-        layouts.append((f"workers={args.workers}", args.batch_size, args.workers, threads))
+        layouts.append((f"workers={args.workers}", args.workers_batch_size, args.workers, threads))
     servers = [
         ServerConfig(
             name=f"{name}-beam{beam_size}",
