@@ -26,13 +26,11 @@ that left out. Everything is deterministic, so every run sends the same clips.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
-import wave
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.windowing import VadSettings, speech_regions
+from tests.speech import wav_bytes as pcm16_wav
 
 RATE = 16_000
 MIN_CLIP_SECONDS = 3.0
@@ -132,14 +131,8 @@ def group_regions(
 
 def wav_bytes(audio: Audio) -> bytes:
     """16-bit mono 16 kHz WAV of float samples in [-1, 1] (as ``decode_audio`` gives)."""
-    samples = np.clip(np.round(audio * 32768.0), -32768, 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(RATE)
-        out.writeframes(samples.tobytes())
-    return buffer.getvalue()
+    samples = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+    return pcm16_wav(samples, RATE)
 
 
 def cut_clips(audio: Audio, source: str) -> tuple[list[RecordedClip], Cutting]:
