@@ -119,8 +119,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             "CTranslate2 Whisper: batches one model computes at once, each on its own "
             "`cpu_threads` threads (CTranslate2's `inter_threads`). On a CPU under load, "
             "N workers of one thread beat one worker of N threads (tiny.en on 2 cores: "
-            "1.3x end to end at concurrency 8); a request alone then has only its worker's threads. Catalog entries may "
-            "override it. The torch engine runs one step at a time whatever this says."
+            "1.3x end to end at concurrency 8); a request alone then has only its "
+            "worker's threads. Catalog entries may override it. The torch engine runs one "
+            "step at a time whatever this says."
         ),
     ] = 1
 
