@@ -80,7 +80,15 @@ class BatchScheduler(ModelScheduler[ItemT, ResultT]):
         return rounds * max(self._batch_seconds, 0.1)
 
     async def _serve(self) -> None:
-        """Take a batch whenever a worker is free; each runs in a task of its own."""
+        """Take a batch whenever a worker is free; with several, each in a task of its own.
+
+        One worker runs each batch in this task, so the next batch is formed in the same
+        loop iteration in which the last one's results were handed out, as it always
+        was: its size does not depend on how soon the answered requests queue more.
+        """
+        if self.config.workers == 1:
+            while True:
+                await self._serve_batch(await self._next_batch())
         free = asyncio.Semaphore(self.config.workers)
         tasks: set[asyncio.Task[None]] = set()
         try:
